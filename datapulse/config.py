@@ -1,0 +1,187 @@
+"""Config: every setting in one frozen dataclass, units in the field names.
+
+Each field's metadata names its CLI flag and environment variable; ``__main__`` builds argparse
+from it and the README's settings table lists the same, so the three cannot drift apart (a test
+checks the README against this file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _setting(default: Any, flag: str, env: str, help: str) -> Any:  # noqa: A002
+    return field(default=default, metadata={"flag": flag, "env": env, "help": help})
+
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    # Network
+    host: str = _setting("127.0.0.1", "--host", "DATAPULSE_HOST", "address to bind")
+    port: int = _setting(8000, "--port", "DATAPULSE_PORT", "TCP port to bind (0 picks a free one)")
+    # Auth
+    token: str | None = _setting(
+        None,
+        "--token",
+        "LOCAL_BEARER_TOKEN",
+        "shared bearer token; when neither it nor JWT settings are given, a random one is printed",
+    )
+    jwt_issuer: str | None = _setting(None, "--jwt-issuer", "JWT_ISSUER", "JWT issuer (OIDC)")
+    jwt_audience: str | None = _setting(
+        None, "--jwt-audience", "JWT_AUDIENCE", "audience a JWT must contain"
+    )
+    jwt_key: str | None = _setting(
+        None, "--jwt-key", "JWT_KEY", "static PEM public key for JWTs (instead of JWKS)"
+    )
+    jwt_jwks_uri: str | None = _setting(
+        None, "--jwt-jwks-uri", "JWT_JWKS_URI", "JWKS URL (skips OIDC discovery)"
+    )
+    jwt_algorithms: str = _setting(
+        "RS256,ES256,PS256", "--jwt-algorithms", "JWT_ALGORITHMS", "allowed JWT algorithms"
+    )
+    jwt_leeway_s: float = _setting(
+        60.0, "--jwt-leeway", "JWT_LEEWAY", "clock leeway for exp/nbf/iat, seconds"
+    )
+    # Streams and sessions
+    ping_interval_s: float = _setting(
+        15.0, "--ping-interval", "DATAPULSE_PING_INTERVAL", "idle seconds before a ': ping'"
+    )
+    session_ttl_s: float = _setting(
+        3600.0, "--session-ttl", "DATAPULSE_SESSION_TTL", "idle seconds before a session expires"
+    )
+    sweep_interval_s: float = _setting(
+        30.0, "--sweep-interval", "DATAPULSE_SWEEP_INTERVAL", "seconds between expiry sweeps"
+    )
+    retry_ms: int = _setting(
+        3000, "--retry-ms", "DATAPULSE_RETRY_MS", "reconnect delay hinted to SSE clients (ms)"
+    )
+    replay_events: int = _setting(
+        1000, "--replay-events", "DATAPULSE_REPLAY_EVENTS", "events kept per stream for replay"
+    )
+    replay_bytes: int = _setting(
+        4 * MiB, "--replay-bytes", "DATAPULSE_REPLAY_BYTES", "bytes kept per stream for replay"
+    )
+    stream_queue_events: int = _setting(
+        256,
+        "--stream-queue",
+        "DATAPULSE_STREAM_QUEUE",
+        "events queued to a live stream before it counts as too slow and is closed",
+    )
+    write_timeout_s: float = _setting(
+        30.0, "--write-timeout", "DATAPULSE_WRITE_TIMEOUT", "seconds one socket write may block"
+    )
+    max_sessions: int = _setting(
+        10_000, "--max-sessions", "DATAPULSE_MAX_SESSIONS", "sessions held at once"
+    )
+    # HTTP limits
+    max_connections: int = _setting(
+        20_000, "--max-connections", "DATAPULSE_MAX_CONNECTIONS", "open connections at once"
+    )
+    max_body_bytes: int = _setting(
+        1 * MiB, "--max-body", "DATAPULSE_MAX_BODY", "largest request body (bytes)"
+    )
+    max_header_bytes: int = _setting(
+        16 * 1024, "--max-header-bytes", "DATAPULSE_MAX_HEADER_BYTES", "largest header block"
+    )
+    max_header_count: int = _setting(
+        100, "--max-header-count", "DATAPULSE_MAX_HEADER_COUNT", "most header fields"
+    )
+    read_timeout_s: float = _setting(
+        10.0, "--read-timeout", "DATAPULSE_READ_TIMEOUT", "seconds to receive a whole request"
+    )
+    keepalive_timeout_s: float = _setting(
+        30.0, "--keepalive-timeout", "DATAPULSE_KEEPALIVE_TIMEOUT", "idle keep-alive seconds"
+    )
+    shutdown_grace_s: float = _setting(
+        5.0, "--shutdown-grace", "DATAPULSE_SHUTDOWN_GRACE", "seconds in-flight work gets at exit"
+    )
+    # Tools
+    fetch_timeout_s: float = _setting(
+        5.0, "--fetch-timeout", "DATAPULSE_FETCH_TIMEOUT", "fetch_url total timeout (seconds)"
+    )
+    fetch_allow_private: bool = _setting(
+        False,
+        "--fetch-allow-private",
+        "DATAPULSE_FETCH_ALLOW_PRIVATE",
+        "let fetch_url reach loopback/private addresses (local testing only)",
+    )
+    # Misc
+    log_level: str = _setting("INFO", "--log-level", "DATAPULSE_LOG_LEVEL", "logging level")
+
+    def __post_init__(self) -> None:
+        positive = [
+            "ping_interval_s",
+            "session_ttl_s",
+            "sweep_interval_s",
+            "read_timeout_s",
+            "keepalive_timeout_s",
+            "write_timeout_s",
+            "fetch_timeout_s",
+        ]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in [
+            "replay_events",
+            "replay_bytes",
+            "stream_queue_events",
+            "max_sessions",
+            "max_connections",
+            "max_body_bytes",
+            "max_header_bytes",
+            "max_header_count",
+        ]:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be 0..65535")
+        if self.shutdown_grace_s < 0 or self.retry_ms < 0 or self.jwt_leeway_s < 0:
+            raise ValueError("shutdown_grace_s, retry_ms and jwt_leeway_s must be >= 0")
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return bool(self.jwt_issuer or self.jwt_key or self.jwt_jwks_uri)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def settings() -> list[dataclasses.Field[Any]]:
+    """The Config fields that are user settings, in declaration order."""
+    return [f for f in dataclasses.fields(Config) if "flag" in f.metadata]
+
+
+def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
+    """Convert a CLI/env string to the field's type."""
+    kind = str(f.type)
+    if "bool" in kind:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"{f.metadata['env']}: expected a boolean, got {raw!r}")
+    if "int" in kind and "float" not in kind:
+        return int(raw)
+    if "float" in kind:
+        return float(raw)
+    return raw
+
+
+def config_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Build a Config from environment variables, then explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in settings():
+        env = f.metadata["env"]
+        if env in environ:
+            values[f.name] = parse_value(f, environ[env])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Config(**values)

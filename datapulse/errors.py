@@ -1,0 +1,163 @@
+"""The DatapulseError tree.
+
+Every error a client can cause is one of these. Each carries the HTTP status it maps to and the
+JSON-RPC code it maps to; only ``net.http.error_response`` turns them into HTTP responses and only
+the JSON-RPC dispatcher turns them into JSON-RPC error objects, so the mapping lives in one place
+per protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DatapulseError(Exception):
+    """Base class: a failure with a short machine-readable name and a human-readable detail."""
+
+    http_status: int = 500
+    jsonrpc_code: int = -32603
+    error: str = "internal_error"
+
+    def __init__(self, detail: str = "", **extra: Any) -> None:
+        super().__init__(detail or self.error)
+        self.detail = detail
+        self.extra = extra
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Extra response headers this error needs (``Allow``, ``Retry-After``, ...)."""
+        return []
+
+
+class BadRequest(DatapulseError):
+    http_status = 400
+    jsonrpc_code = -32600
+    error = "bad_request"
+
+
+class InvalidParams(BadRequest):
+    jsonrpc_code = -32602
+    error = "invalid_params"
+
+
+class Unauthorized(DatapulseError):
+    http_status = 401
+    jsonrpc_code = -32001
+    error = "unauthorized"
+
+    def __init__(self, detail: str = "", *, challenge: str = "Bearer") -> None:
+        super().__init__(detail)
+        self.challenge = challenge
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("WWW-Authenticate", self.challenge)]
+
+
+class Forbidden(DatapulseError):
+    http_status = 403
+    jsonrpc_code = -32003
+    error = "forbidden"
+
+
+class NotFound(DatapulseError):
+    http_status = 404
+    jsonrpc_code = -32600
+    error = "not_found"
+
+
+class SessionNotFound(NotFound):
+    error = "session_not_found"
+
+
+class MethodNotAllowed(DatapulseError):
+    http_status = 405
+    jsonrpc_code = -32600
+    error = "method_not_allowed"
+
+    def __init__(self, detail: str = "", *, allow: list[str]) -> None:
+        super().__init__(detail)
+        self.allow = allow
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Allow", ", ".join(self.allow))]
+
+
+class NotAcceptable(DatapulseError):
+    http_status = 406
+    jsonrpc_code = -32600
+    error = "not_acceptable"
+
+
+class RequestTimeout(DatapulseError):
+    http_status = 408
+    error = "request_timeout"
+
+
+class Conflict(DatapulseError):
+    http_status = 409
+    jsonrpc_code = -32600
+    error = "conflict"
+
+
+class PayloadTooLarge(DatapulseError):
+    http_status = 413
+    jsonrpc_code = -32600
+    error = "payload_too_large"
+
+
+class UnsupportedMediaType(DatapulseError):
+    http_status = 415
+    jsonrpc_code = -32600
+    error = "unsupported_media_type"
+
+
+class UnprocessableEntity(DatapulseError):
+    http_status = 422
+    jsonrpc_code = -32602
+    error = "unprocessable_entity"
+
+
+class TooManyRequests(DatapulseError):
+    http_status = 429
+    jsonrpc_code = -32000
+    error = "too_many_requests"
+
+    def __init__(self, detail: str = "", *, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after_s))]
+
+
+class HeadersTooLarge(DatapulseError):
+    http_status = 431
+    error = "headers_too_large"
+
+
+class ServiceUnavailable(DatapulseError):
+    http_status = 503
+    jsonrpc_code = -32000
+    error = "service_unavailable"
+
+    def __init__(self, detail: str = "", *, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after_s))]
+
+
+class ToolError(DatapulseError):
+    """A tool's own failure: reported to the caller as a result with ``isError``, not a crash."""
+
+    http_status = 502
+    error = "tool_error"
+
+
+class UnknownTool(InvalidParams):
+    error = "unknown_tool"
