@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from datapulse.errors import Unauthorized
+from datapulse.errors import ServiceUnavailable, Unauthorized
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,6 @@ class ChainVerifier:
         self._verifiers = list(verifiers)
 
     async def verify(self, authorization: str | None) -> Principal:
-        from datapulse.errors import ServiceUnavailable
-
         last: Exception | None = None
         unavailable: ServiceUnavailable | None = None
         for verifier in self._verifiers:

@@ -96,8 +96,8 @@ class ToolRegistry:
         if tool.input_schema.get("type") != "object":
             raise ValueError(f"tool {tool.name!r}: inputSchema must have type 'object'")
         validator_cls = jsonschema.validators.validator_for(tool.input_schema)
-        validator_cls.check_schema(tool.input_schema)
-        self._validators[tool.name] = validator_cls(tool.input_schema)
+        validator_cls.check_schema(dict(tool.input_schema))
+        self._validators[tool.name] = validator_cls(dict(tool.input_schema))
         self._tools[tool.name] = tool
         return tool
 

@@ -1,0 +1,117 @@
+"""Command line: ``python -m datapulse [--flag value ...]``.
+
+Flags are generated from ``Config`` (each field names its flag and environment variable), so
+``--help`` always documents every setting. Precedence: flag > environment > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from datapulse import __version__
+from datapulse.config import Config, config_from_env, parse_value, settings
+from datapulse.server import Server, ServerInfo
+
+log = logging.getLogger("datapulse")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="datapulse",
+        description="An MCP server over Server-Sent Events (Trio + h11).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"datapulse {__version__}")
+    for f in settings():
+        flag, env = f.metadata["flag"], f.metadata["env"]
+        help_text = f"{f.metadata['help']} [env {env}]"
+        if "bool" in str(f.type):
+            parser.add_argument(
+                flag, dest=f.name, action="store_const", const="true", default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=env, help=help_text)
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> Config:
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, Any] = {}
+    by_name = {f.name: f for f in settings()}
+    for name, raw in vars(args).items():
+        if raw is not None and name in by_name:
+            overrides[name] = parse_value(by_name[name], raw)
+    return config_from_env(**overrides)
+
+
+async def run(config: Config) -> None:
+    server = Server(config)
+
+    async def watch_signals(*, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                if server.http.shutting_down:
+                    log.warning("second %s: stopping now", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+                log.info(
+                    "%s: shutting down gracefully (up to %ss)",
+                    signal.Signals(signum).name,
+                    config.shutdown_grace_s,
+                )
+                server.shutdown()
+
+    class Announce:
+        def started(self, info: ServerInfo | None = None) -> None:
+            assert info is not None
+            announce(info, config)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch_signals)
+        # serve() returns after a graceful shutdown; the signal watcher goes with it.
+        await server.serve(task_status=Announce())
+        nursery.cancel_scope.cancel()
+
+
+def announce(info: ServerInfo, config: Config) -> None:
+    print(f"datapulse {__version__} listening on {info.url}", file=sys.stderr, flush=True)
+    if info.token and config.token is None:
+        print(f"bearer token (generated): {info.token}", file=sys.stderr, flush=True)
+    elif info.token:
+        print("bearer token: from --token / LOCAL_BEARER_TOKEN", file=sys.stderr, flush=True)
+    print(
+        f"  curl -N -H 'Authorization: Bearer <token>' '{info.url}/events?session_id=abc123'",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = config_from_args(argv)
+    except ValueError as exc:
+        print(f"datapulse: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        trio.run(run, config)
+    except OSError as exc:
+        print(f"datapulse: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

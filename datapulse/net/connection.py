@@ -1,0 +1,330 @@
+"""One HTTP/1.1 connection: the h11 read/respond loop, its timeouts and limits.
+
+``serve_connection`` owns the stream from accept to close. It reads one request at a time (h11
+keeps pipelined bytes buffered for the next cycle), hands it to the application, writes the
+response, and loops while h11 says the connection can be reused.
+
+Timeouts, and what the client sees:
+* waiting for the first byte of a request: ``keepalive_timeout_s`` (the first request of a
+  connection gets ``read_timeout_s``); expiry closes silently, as an idle keep-alive should;
+* from the first byte to the end of the body: ``read_timeout_s``; expiry answers 408 and closes,
+  so a slowloris client holds a connection for a bounded time;
+* each socket write: ``write_timeout_s``; expiry closes (a peer that stopped reading).
+
+While the application runs, a watcher task keeps reading the socket: EOF means the client left,
+and the handler's cancel scope is cancelled, so a stream or a tool call never outlives its
+client. Bytes that arrive meanwhile (a pipelined request) are fed to h11 for the next cycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+
+import h11
+import trio
+
+from datapulse.config import Config
+from datapulse.errors import (
+    BadRequest,
+    DatapulseError,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    RequestTimeout,
+)
+from datapulse.net.http import (
+    Request,
+    Response,
+    StreamingResponse,
+    encode_raw_response,
+)
+
+log = logging.getLogger("datapulse.http")
+
+App = Callable[[Request], Awaitable[Response | StreamingResponse]]
+
+RECEIVE_SIZE = 65536
+SERVER_HEADER = ("Server", "datapulse")
+
+
+class _DateCache:
+    """RFC 9110 wants a Date header; formatting it once per second instead of per response."""
+
+    second = -1
+    value = ""
+
+    @classmethod
+    def now(cls) -> str:
+        second = int(time.time())
+        if second != cls.second:
+            cls.second, cls.value = second, formatdate(second, usegmt=True)
+        return cls.value
+
+
+def _response_head(status: int, headers: list[tuple[str, str]]) -> h11.Response:
+    try:
+        reason = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        reason = b""
+    return h11.Response(status_code=status, headers=headers, reason=reason)
+
+
+class _ClientGone(Exception):
+    """The peer closed its side; nothing more can be written usefully."""
+
+
+class HTTPConnection:
+    """State for one accepted connection. Created and driven only by ``serve_connection``."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        app: App,
+        config: Config,
+        client: tuple[str, int] | None,
+        shutting_down: Callable[[], bool],
+    ) -> None:
+        self.stream = stream
+        self.app = app
+        self.config = config
+        self.client = client
+        self.shutting_down = shutting_down
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        # Cancelled by the server at shutdown while we wait for a next request (idle keep-alive).
+        self.idle_scope: trio.CancelScope | None = None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def _send_bytes(self, data: bytes) -> None:
+        try:
+            with trio.fail_after(self.config.write_timeout_s):
+                await self.stream.send_all(data)
+        except trio.TooSlowError:
+            log.info(
+                "write timed out after %ss; closing %s", self.config.write_timeout_s, self._peer
+            )
+            raise _ClientGone from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _ClientGone from None
+
+    async def _send(self, *events: h11.Event) -> None:
+        data = b"".join(self.conn.send(event) or b"" for event in events)
+        await self._send_bytes(data)
+
+    def _response_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        out = [SERVER_HEADER, ("Date", _DateCache.now()), *headers]
+        if self.shutting_down():
+            out.append(("Connection", "close"))
+        return out
+
+    async def _send_fatal(self, exc: DatapulseError) -> None:
+        """Answer an unreadable request with raw bytes and give up on the connection."""
+        data = encode_raw_response(exc.http_status, exc.error, exc.detail, exc.headers)
+        with trio.move_on_after(1):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.stream.send_all(data)
+
+    @property
+    def _peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "peer"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def _receive_into_h11(self, deadline: float) -> bool:
+        """Read one chunk before ``deadline``; False if the deadline passed first."""
+        with trio.move_on_at(deadline) as scope:
+            self.idle_scope = scope if self.conn.their_state is h11.IDLE else None
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            finally:
+                self.idle_scope = None
+        if scope.cancelled_caught:
+            return False
+        self.conn.receive_data(bytes(data))
+        return True
+
+    async def read_request(self, first: bool) -> Request | None:
+        """The next complete request, or None when the client closed or idled out cleanly.
+
+        Raises a DatapulseError for requests we refuse (timeout, too large, malformed).
+        """
+        cfg = self.config
+        now = trio.current_time()
+        idle_deadline = now + (cfg.read_timeout_s if first else cfg.keepalive_timeout_s)
+        started: float | None = now if self.conn.trailing_data[0] else None
+        request: Request | None = None
+        body = bytearray()
+        while True:
+            if self.shutting_down() and started is None:
+                return None
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if exc.error_status_hint == 431:
+                    raise HeadersTooLarge("request header block too large") from None
+                raise BadRequest(f"malformed request: {exc}") from None
+            if event is h11.NEED_DATA:
+                deadline = started + cfg.read_timeout_s if started is not None else idle_deadline
+                if not await self._receive_into_h11(deadline):
+                    if started is None:
+                        return None
+                    raise RequestTimeout(f"request not complete within {cfg.read_timeout_s}s")
+                if started is None:
+                    started = trio.current_time()
+                continue
+            if isinstance(event, h11.Request):
+                request = self._start_request(event)
+                if self.conn.they_are_waiting_for_100_continue:
+                    await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > cfg.max_body_bytes:
+                    raise PayloadTooLarge(f"body exceeds {cfg.max_body_bytes} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                assert request is not None
+                request.body = bytes(body)
+                return request
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+            else:  # pragma: no cover - h11 yields nothing else to a server here
+                raise BadRequest(f"unexpected {type(event).__name__}")
+
+    def _start_request(self, event: h11.Request) -> Request:
+        cfg = self.config
+        if len(event.headers) > cfg.max_header_count:
+            raise HeadersTooLarge(f"more than {cfg.max_header_count} header fields")
+        # h11's own bound only covers a header block that arrives in pieces; one that arrives in
+        # a single read is measured here (name, value, ": " and CRLF per field, plus the target).
+        size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if size > cfg.max_header_bytes:
+            raise HeadersTooLarge(f"header block exceeds {cfg.max_header_bytes} bytes")
+        for name, value in event.headers:
+            if name == b"content-length" and int(value) > cfg.max_body_bytes:
+                raise PayloadTooLarge(f"body exceeds {cfg.max_body_bytes} bytes")
+        try:
+            target = event.target.decode("ascii")
+        except UnicodeDecodeError:
+            raise BadRequest("request target must be ASCII") from None
+        return Request.from_target(
+            event.method.decode("ascii"),
+            target,
+            list(event.headers),
+            client=self.client,
+            http_version=event.http_version.decode("ascii"),
+        )
+
+    # -- responding ------------------------------------------------------------------------
+
+    async def _watch_disconnect(self, scope: trio.CancelScope) -> None:
+        """Read while the handler runs: EOF cancels the handler; data is kept for next cycle."""
+        while True:
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                scope.cancel()
+                return
+            self.conn.receive_data(bytes(data))
+            if len(self.conn.trailing_data[0]) > self.config.max_header_bytes:
+                # A client pipelining more than we will buffer: stop reading (TCP backpressure)
+                # until this response is done.
+                await trio.sleep_forever()
+
+    async def respond(self, request: Request) -> bool:
+        """Run the app for ``request`` and write its response. Returns False to close."""
+        head_only = request.method == "HEAD"
+        completed = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_disconnect, nursery.cancel_scope)
+            try:
+                response = await self.app(request)
+                if isinstance(response, Response):
+                    await self._write_response(response, head_only)
+                else:
+                    await self._write_stream(response, head_only)
+                completed = True
+            except _ClientGone:
+                pass
+            except Exception:
+                # The app turns its errors into responses; reaching here is a bug in a stream
+                # body after its headers were sent. Nothing valid can follow: log and close.
+                log.exception("response to %s %s failed", request.method, request.path)
+            nursery.cancel_scope.cancel()
+        if not completed:
+            log.debug("closing %s after %s %s", self._peer, request.method, request.path)
+        return completed and self.conn.our_state is h11.DONE
+
+    async def _write_response(self, response: Response, head_only: bool) -> None:
+        headers = self._response_headers(response.headers)
+        if not any(k.lower() == "content-length" for k, _ in headers):
+            headers.append(("Content-Length", str(len(response.body))))
+        events: list[h11.Event] = [_response_head(response.status, headers)]
+        if response.body and not head_only:
+            events.append(h11.Data(data=response.body))
+        events.append(h11.EndOfMessage())
+        await self._send(*events)
+
+    async def _write_stream(self, response: StreamingResponse, head_only: bool) -> None:
+        headers = self._response_headers(response.headers)
+        await self._send(_response_head(response.status, headers))
+        if not head_only:
+
+            async def write(chunk: bytes) -> None:
+                if chunk:
+                    await self._send_bytes(self.conn.send(h11.Data(data=chunk)) or b"")
+
+            await response.body(write)
+        await self._send(h11.EndOfMessage())
+
+    async def run(self) -> None:
+        first = True
+        while True:
+            try:
+                request = await self.read_request(first)
+            except DatapulseError as exc:
+                log.info("%s from %s: %s", exc.http_status, self._peer, exc.detail)
+                await self._send_fatal(exc)
+                return
+            if request is None:
+                return
+            first = False
+            keep_going = await self.respond(request)
+            if not keep_going or self.conn.our_state is not h11.DONE:
+                return
+            try:
+                self.conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+
+async def serve_connection(
+    stream: trio.abc.Stream,
+    app: App,
+    config: Config,
+    client: tuple[str, int] | None = None,
+    shutting_down: Callable[[], bool] = lambda: False,
+    on_open: Callable[[HTTPConnection], None] | None = None,
+    on_close: Callable[[HTTPConnection], None] | None = None,
+) -> None:
+    """Own ``stream`` for its whole life: serve requests, then always close it."""
+    connection = HTTPConnection(stream, app, config, client, shutting_down)
+    if on_open:
+        on_open(connection)
+    try:
+        await connection.run()
+    except _ClientGone:
+        pass
+    except Exception:
+        # A bug in our code: log it, never let it reach another connection or the client.
+        log.exception("connection %s failed", connection._peer)
+    finally:
+        if on_close:
+            on_close(connection)
+        await trio.aclose_forcefully(stream)

@@ -1,0 +1,116 @@
+"""Accepting connections: listeners, the connection limit, graceful shutdown.
+
+``HTTPServer.serve`` binds, reports the bound address through ``task_status``, and runs one task
+per connection in its handler nursery. Over ``max_connections`` a new connection is answered 503
+with ``Retry-After`` and closed at once, so the limit costs the refused client one round trip,
+not a hung socket. ``shutdown()`` stops accepting, closes idle keep-alive connections and gives
+the rest ``shutdown_grace_s`` before cancelling them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from datapulse.config import Config
+from datapulse.net.connection import App, HTTPConnection, serve_connection
+from datapulse.net.http import encode_raw_response
+
+log = logging.getLogger("datapulse.server")
+
+
+@dataclass(frozen=True)
+class BoundAddress:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def _peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return None
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return None
+    return (str(peer[0]), int(peer[1]))
+
+
+class HTTPServer:
+    def __init__(self, app: App, config: Config) -> None:
+        self.app = app
+        self.config = config
+        self.connections: set[HTTPConnection] = set()
+        self._shutdown = trio.Event()
+        self.shutting_down = False
+        self.on_shutdown: list[Callable[[], None]] = []
+
+    def shutdown(self) -> None:
+        """Begin a graceful stop (idempotent). ``serve`` returns when it is done."""
+        self._shutdown.set()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        if len(self.connections) >= self.config.max_connections:
+            log.warning("connection limit (%d) reached; refusing", self.config.max_connections)
+            data = encode_raw_response(
+                503,
+                "too_many_connections",
+                "server is at its connection limit",
+                [("Retry-After", "1")],
+            )
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(data)
+            await trio.aclose_forcefully(stream)
+            return
+        await serve_connection(
+            stream,
+            self.app,
+            self.config,
+            _peer(stream),
+            lambda: self.shutting_down,
+            self.connections.add,
+            self.connections.discard,
+        )
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        sockname = listeners[0].socket.getsockname()
+        bound = BoundAddress(self.config.host, int(sockname[1]))
+        async with trio.open_nursery() as handlers:
+            accepting = trio.CancelScope()
+            handlers.start_soon(self._accept, listeners, handlers, accepting)
+            task_status.started(bound)
+            await self._shutdown.wait()
+            # Graceful stop: no new connections; idle keep-alives close now; everything else
+            # (streams told to finish by on_shutdown hooks, in-flight requests) gets the grace.
+            self.shutting_down = True
+            accepting.cancel()
+            for listener in listeners:
+                await listener.aclose()
+            for hook in self.on_shutdown:
+                hook()
+            for connection in list(self.connections):
+                if connection.idle_scope is not None:
+                    connection.idle_scope.cancel()
+            handlers.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace_s
+        log.info("server stopped")
+
+    async def _accept(
+        self,
+        listeners: list[trio.SocketListener],
+        handlers: trio.Nursery,
+        accepting: trio.CancelScope,
+    ) -> None:
+        with accepting:
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=handlers)

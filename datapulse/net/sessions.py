@@ -1,0 +1,226 @@
+"""SessionManager: the live side of sessions (channels, attached streams, tool tasks, expiry).
+
+Ownership, from the top:
+* ``SessionManager.run`` owns a nursery. Each session gets one task there (``_session_task``)
+  whose own nursery runs that session's tool calls, so a tool outlives the HTTP request that
+  started it (a ``/message`` POST answers 202 at once) but not its session: expiring or deleting
+  a session cancels its scope and with it every call still running.
+* Records and event logs live in the ``SessionStore``. Every event is appended to the log first;
+  the log is the truth and the channel is only the fast path to a live stream.
+* A stream (GET) *attaches* to a session and gets a fresh bounded memory channel. Publishing
+  never waits on it: ``send_nowait``, and when the channel is full the stream is flagged
+  ``overflowed`` and catches up from the log itself (see ``net.streaming``). So a producer is
+  never blocked by anybody's slow socket, and memory per session is bounded by configuration.
+* At most one stream per session: a second GET supersedes the first, whose channel is closed
+  with a reason so it can say goodbye (``event: close``) before ending.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import trio
+
+from datapulse.config import Config
+from datapulse.core.eventlog import LoggedEvent
+from datapulse.core.session import SessionRecord, new_session_id
+from datapulse.errors import ServiceUnavailable, SessionNotFound
+from datapulse.store import SessionStore
+
+log = logging.getLogger("datapulse.sessions")
+
+
+@dataclass(eq=False)
+class Attachment:
+    """One stream's hold on its session: the receive side of the session's current channel."""
+
+    send: trio.MemorySendChannel[LoggedEvent]
+    receive: trio.MemoryReceiveChannel[LoggedEvent]
+    overflowed: bool = False
+    close_reason: str | None = None
+    sent_seq: int = 0
+
+
+@dataclass(eq=False)
+class LiveSession:
+    record: SessionRecord
+    attachment: Attachment | None = None
+    nursery: trio.Nursery | None = None
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    closed: trio.Event = field(default_factory=trio.Event)
+    state: dict[str, Any] = field(default_factory=dict)
+    """Transport-specific state (e.g. the MCP protocol session) keyed by transport."""
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+class SessionManager:
+    def __init__(self, config: Config, store: SessionStore) -> None:
+        self.config = config
+        self.store = store
+        self._live: dict[str, LiveSession] = {}
+        self._nursery: trio.Nursery | None = None
+        self.on_close: list[Callable[[LiveSession, str], None]] = []
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def live_sessions(self) -> list[LiveSession]:
+        return list(self._live.values())
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own every session's task and sweep expired sessions until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                while True:
+                    await trio.sleep(self.config.sweep_interval_s)
+                    await self.sweep()
+            finally:
+                self._nursery = None
+                for live in list(self._live.values()):
+                    self._end_locally(live, "shutdown")
+
+    async def _session_task(self, live: LiveSession, *, task_status: trio.TaskStatus[None]) -> None:
+        with live.cancel_scope:
+            async with trio.open_nursery() as nursery:
+                live.nursery = nursery
+                task_status.started()
+                await live.closed.wait()
+                nursery.cancel_scope.cancel()
+        live.nursery = None
+
+    async def create(self, owner: str, kind: str, session_id: str | None = None) -> LiveSession:
+        if self._nursery is None:
+            raise ServiceUnavailable("server is not running")
+        if len(self._live) >= self.config.max_sessions:
+            raise ServiceUnavailable(
+                f"session limit reached ({self.config.max_sessions})", retry_after_s=5
+            )
+        now = trio.current_time()
+        record = SessionRecord(
+            id=session_id or new_session_id(),
+            owner=owner,
+            kind=kind,
+            created_at=now,
+            last_active=now,
+            ttl_s=self.config.session_ttl_s,
+        )
+        await self.store.create(record)
+        live = LiveSession(record)
+        self._live[record.id] = live
+        await self._nursery.start(self._session_task, live)
+        log.info("session %s created (%s)", record.id, kind)
+        return live
+
+    async def get(self, session_id: str, owner: str, kind: str | None = None) -> LiveSession:
+        """The live session, touched; SessionNotFound if absent, expired, or someone else's.
+
+        Another principal's session answers exactly like a missing one, so ids cannot be probed.
+        """
+        live = self._live.get(session_id)
+        now = trio.current_time()
+        if live is None or live.record.owner != owner or (kind and live.record.kind != kind):
+            raise SessionNotFound(f"unknown or expired session: {session_id}")
+        if live.record.is_expired(now) and live.attachment is None:
+            await self.close(live, "session_expired")
+            raise SessionNotFound(f"unknown or expired session: {session_id}")
+        await self.store.touch(session_id, now)
+        return live
+
+    async def get_or_create(self, session_id: str, owner: str, kind: str) -> LiveSession:
+        if session_id in self._live:
+            return await self.get(session_id, owner, kind)
+        return await self.create(owner, kind, session_id)
+
+    async def close(self, live: LiveSession, reason: str) -> None:
+        """End a session: its stream is told why, its tool calls are cancelled, records go."""
+        if self._live.get(live.id) is live:
+            self._end_locally(live, reason)
+            await self.store.delete(live.id)
+            log.info("session %s closed (%s)", live.id, reason)
+
+    def _end_locally(self, live: LiveSession, reason: str) -> None:
+        self._live.pop(live.id, None)
+        if live.attachment is not None:
+            self._close_attachment(live.attachment, reason)
+        live.closed.set()
+        live.cancel_scope.cancel()
+        for callback in self.on_close:
+            callback(live, reason)
+
+    async def sweep(self) -> int:
+        """Close expired sessions; a session with an attached stream is alive by definition."""
+        now = trio.current_time()
+        count = 0
+        for live in list(self._live.values()):
+            if live.attachment is not None:
+                live.record.touch(now)
+            elif live.record.is_expired(now):
+                await self.close(live, "session_expired")
+                count += 1
+        return count
+
+    # -- tools ---------------------------------------------------------------------------------
+
+    def spawn(self, live: LiveSession, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` as one of the session's tasks (cancelled when the session ends)."""
+        if live.nursery is None:
+            raise SessionNotFound(f"session {live.id} has ended")
+        live.nursery.start_soon(fn, *args)
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def publish(self, live: LiveSession, data: Any, event: str | None = None) -> LoggedEvent:
+        """Append an event to the session's log and hand it to its stream without waiting.
+
+        ``data`` is JSON-encoded unless it is already a ``str``. Never blocks on a client.
+        """
+        text = data if isinstance(data, str) else orjson.dumps(data).decode()
+        logged = await self.store.append(live.id, text, event)
+        attachment = live.attachment
+        if attachment is not None and not attachment.overflowed:
+            try:
+                attachment.send.send_nowait(logged)
+            except trio.WouldBlock:
+                # The stream is behind by a whole channel; it will catch up from the log.
+                attachment.overflowed = True
+            except trio.BrokenResourceError:
+                pass
+        return logged
+
+    def attach(self, live: LiveSession) -> Attachment:
+        """Give ``live`` a new stream, superseding the one it had."""
+        if live.attachment is not None:
+            self._close_attachment(live.attachment, "superseded")
+        send, receive = trio.open_memory_channel[LoggedEvent](self.config.stream_queue_events)
+        live.attachment = Attachment(send, receive)
+        return live.attachment
+
+    def detach(self, live: LiveSession, attachment: Attachment) -> None:
+        if live.attachment is attachment:
+            live.attachment = None
+            live.record.touch(trio.current_time())
+        attachment.send.close()
+        attachment.receive.close()
+
+    @staticmethod
+    def _close_attachment(attachment: Attachment, reason: str) -> None:
+        if attachment.close_reason is None:
+            attachment.close_reason = reason
+        attachment.send.close()
+
+    def close_all_streams(self, reason: str) -> None:
+        """Ask every attached stream to finish (used at shutdown)."""
+        for live in self._live.values():
+            if live.attachment is not None:
+                self._close_attachment(live.attachment, reason)

@@ -1,0 +1,165 @@
+"""Writing a session's events to one SSE response.
+
+``stream_session`` is the body of every session stream (``/events``, and the GET streams of the
+MCP transports). It attaches to the session, sends the ``retry:`` hint, replays what the client
+missed from the log, then forwards the live channel, writing ``: ping`` whenever the stream has
+been idle for ``ping_interval_s``.
+
+How it ends:
+* the client disconnects -> the connection cancels us (we never see it as an error);
+* the channel is closed by the session manager -> ``event: close`` with the reason
+  (``superseded`` by a newer stream, ``session_expired``, ``session_deleted``, ``shutdown``);
+* the stream fell so far behind that the log no longer holds what it has not sent ->
+  ``event: error`` with ``stream_lagging``; the client may reconnect with Last-Event-ID and is
+  told exactly what is gone.
+
+Control events (close/error) carry no ``id`` on purpose: the client's Last-Event-ID must keep
+pointing at the last *data* event so a reconnect resumes in the right place.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import trio
+
+from datapulse.core.eventlog import LoggedEvent, ReplayGone
+from datapulse.core.sse import PING, encode_data, encode_retry
+from datapulse.net.http import BodyWriter
+from datapulse.net.sessions import Attachment, LiveSession, SessionManager
+
+log = logging.getLogger("datapulse.stream")
+
+SSE_HEADERS = [
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "no-cache"),
+    # nginx and similar proxies buffer responses unless told not to; SSE must not be buffered.
+    ("X-Accel-Buffering", "no"),
+]
+
+
+def control_event(event: str, **fields: object) -> bytes:
+    return encode_data(orjson.dumps(fields).decode(), event=event)
+
+
+class _Lagging(Exception):
+    pass
+
+
+class SessionStream:
+    def __init__(
+        self,
+        manager: SessionManager,
+        live: LiveSession,
+        write: BodyWriter,
+        attachment: Attachment,
+        ping_interval_s: float,
+    ) -> None:
+        self.manager = manager
+        self.live = live
+        self.write = write
+        self.attachment = attachment
+        self.ping_interval_s = ping_interval_s
+
+    async def send_event(self, event: LoggedEvent) -> None:
+        # Replay and the live channel can both carry an event; the seq check sends it once.
+        if event.seq <= self.attachment.sent_seq:
+            return
+        await self.write(event.wire)
+        self.attachment.sent_seq = event.seq
+        await self.manager.store.mark_delivered(self.live.id, event.seq)
+
+    async def catch_up(self, after: int, *, tolerate_gap: bool) -> None:
+        store = self.manager.store
+        try:
+            backlog = await store.events_after(self.live.id, after)
+        except ReplayGone as gone:
+            if not tolerate_gap:
+                raise _Lagging from None
+            await self.write(
+                control_event(
+                    "error",
+                    error="replay_gone",
+                    detail=str(gone),
+                    requested=str(gone.requested),
+                    oldest=str(gone.oldest),
+                )
+            )
+            backlog = await store.events_after(self.live.id, gone.oldest - 1)
+        self.attachment.sent_seq = max(self.attachment.sent_seq, after)
+        for event in backlog:
+            await self.send_event(event)
+
+    def _drain_channel(self) -> None:
+        while True:
+            try:
+                self.attachment.receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+
+    async def run(self, resume_after: int | None) -> None:
+        try:
+            await self._run(resume_after)
+        except _Lagging:
+            log.info("stream for session %s fell too far behind; closing", self.live.id)
+            await self.write(
+                control_event(
+                    "error",
+                    error="stream_lagging",
+                    detail="the stream fell behind further than the replay buffer holds",
+                )
+            )
+
+    async def _run(self, resume_after: int | None) -> None:
+        start = self.live.record.delivered_seq if resume_after is None else resume_after
+        last = await self.manager.store.last_seq(self.live.id)
+        if start > last:
+            # An id we never issued for this session (e.g. from before a restart).
+            await self.write(
+                control_event(
+                    "error",
+                    error="replay_gone",
+                    detail=f"event {start} is not known to this session",
+                    requested=str(start),
+                    oldest=str(last + 1),
+                )
+            )
+            start = self.live.record.delivered_seq
+        await self.catch_up(start, tolerate_gap=True)
+        receive = self.attachment.receive
+        while True:
+            if self.attachment.overflowed:
+                self.attachment.overflowed = False
+                self._drain_channel()
+                await self.catch_up(self.attachment.sent_seq, tolerate_gap=False)
+            with trio.move_on_after(self.ping_interval_s) as idle:
+                try:
+                    event = await receive.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    reason = self.attachment.close_reason or "closed"
+                    await self.write(control_event("close", reason=reason))
+                    return
+            if idle.cancelled_caught:
+                await self.write(PING)
+                continue
+            await self.send_event(event)
+
+
+async def stream_session(
+    manager: SessionManager,
+    live: LiveSession,
+    write: BodyWriter,
+    *,
+    resume_after: int | None,
+    ping_interval_s: float,
+    retry_ms: int,
+    preamble: bytes = b"",
+) -> None:
+    """Attach to ``live`` and stream it until the client leaves or the session tells us to stop."""
+    attachment = manager.attach(live)
+    try:
+        await write(encode_retry(retry_ms) + preamble)
+        await SessionStream(manager, live, write, attachment, ping_interval_s).run(resume_after)
+    finally:
+        manager.detach(live, attachment)

@@ -1,0 +1,155 @@
+"""Server: the embeddable datapulse server (tools, sessions, transports, HTTP).
+
+    server = Server(Config(port=0))
+
+    @server.tool("echo", input_schema={...})
+    async def echo(arguments, context): ...
+
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(server.serve)   # ServerInfo(url=..., port=..., token=...)
+        await server.publish(session_id, {"hello": "world"})
+
+``serve`` runs until its scope is cancelled (a hard stop) or ``shutdown()`` is called (graceful:
+streams are told, in-flight requests get ``shutdown_grace_s``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from datapulse.auth.verifier import BearerVerifier, Verifier
+from datapulse.config import Config
+from datapulse.core.eventlog import LoggedEvent
+from datapulse.errors import SessionNotFound
+from datapulse.net.http import Request, Response, json_response
+from datapulse.net.server import BoundAddress, HTTPServer
+from datapulse.net.sessions import SessionManager
+from datapulse.store import MemorySessionStore, SessionStore
+from datapulse.tools.builtin import register_builtins
+from datapulse.tools.fetch import FetchPolicy
+from datapulse.tools.registry import ToolContext, ToolRegistry
+from datapulse.transports.events import EventsTransport
+from datapulse.transports.router import Router
+
+log = logging.getLogger("datapulse")
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``serve`` reports once it is listening."""
+
+    host: str
+    port: int
+    url: str
+    token: str | None
+    """The local bearer token in force (generated when none was configured), if any."""
+
+
+class Server:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        registry: ToolRegistry | None = None,
+        verifier: Verifier | None = None,
+        store: SessionStore | None = None,
+        builtin_tools: bool = True,
+    ) -> None:
+        self.config = config or Config()
+        self.registry = registry or ToolRegistry()
+        if builtin_tools:
+            register_builtins(
+                self.registry,
+                FetchPolicy(
+                    allow_private=self.config.fetch_allow_private,
+                    timeout_s=self.config.fetch_timeout_s,
+                ),
+            )
+        self.token = self.config.token
+        if verifier is None:
+            if self.token is None and not self.config.jwt_enabled:
+                # Never a well-known default: a fresh random token, printed by the CLI.
+                self.token = secrets.token_urlsafe(32)
+            verifier = BearerVerifier(self.token) if self.token else None
+        if verifier is None:
+            raise ValueError("JWT settings need a verifier; see datapulse.auth")
+        self.verifier = verifier
+        self.store = store or MemorySessionStore(
+            self.config.replay_events, self.config.replay_bytes
+        )
+        self.sessions = SessionManager(self.config, self.store)
+        self.router = Router(self.verifier)
+        self.http = HTTPServer(self.router, self.config)
+        self.http.on_shutdown.append(lambda: self.sessions.close_all_streams("shutdown"))
+        self._install_routes()
+        self.info: ServerInfo | None = None
+
+    @property
+    def tool(self) -> Any:
+        """Decorator registering a tool: ``@server.tool("name", input_schema=...)``."""
+        return self.registry.tool
+
+    def _install_routes(self) -> None:
+        events = EventsTransport(self)
+        self.router.add("GET", "/healthz", self._health, public=True)
+        self.router.add("GET", "/events", events.get_events)
+        self.router.add("POST", "/message", events.post_message)
+
+    async def _health(self, request: Request) -> Response:
+        return json_response(200, {"status": "ok", "sessions": len(self.sessions)})
+
+    async def call_tool(self, name: str, arguments: Any, context: ToolContext) -> Any:
+        """Every transport's way into a tool: validation, then the handler."""
+        return await self.registry.call(name, arguments, context)
+
+    async def publish(self, session_id: str, data: Any, *, event: str | None = None) -> str:
+        """Push an event into a live session's stream (under the same bounds and replay rules
+        as tool results). Returns the event id. Raises SessionNotFound for an unknown session."""
+        live = next((s for s in self.sessions.live_sessions() if s.id == session_id), None)
+        if live is None:
+            raise SessionNotFound(f"unknown session: {session_id}")
+        logged: LoggedEvent = await self.sessions.publish(live, data, event)
+        return str(logged.seq)
+
+    def shutdown(self) -> None:
+        """Begin a graceful stop; ``serve`` returns once streams are closed and requests done."""
+        self.http.shutdown()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.sessions.run)
+            # http.serve returns only after a graceful shutdown; the sessions (and their tool
+            # tasks) are cancelled after it, once no connection can reach them any more.
+            await self.http.serve(task_status=_Relay(self, task_status))
+            nursery.cancel_scope.cancel()
+
+
+class _Relay:
+    """Turns the HTTP layer's BoundAddress into the ServerInfo our caller is waiting for."""
+
+    def __init__(self, server: Server, outer: trio.TaskStatus[ServerInfo]) -> None:
+        self.server = server
+        self.outer = outer
+
+    def started(self, bound: BoundAddress | None = None) -> None:
+        assert bound is not None
+        info = ServerInfo(bound.host, bound.port, bound.url, self.server.token)
+        self.server.info = info
+        log.info("datapulse listening on %s", bound.url)
+        self.outer.started(info)
+
+
+async def serve(
+    config: Config | None = None,
+    *,
+    task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a Server with the built-in tools on ``config`` (for ``nursery.start(serve, cfg)``)."""
+    await Server(config).serve(task_status=task_status)

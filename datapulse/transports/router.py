@@ -1,0 +1,107 @@
+"""Router: (method, path) -> handler, with authentication and the error boundary.
+
+This is the application the HTTP layer calls. It is also the error boundary: a DatapulseError
+becomes its response via ``error_response``; any other exception is a bug, logged with its
+traceback here and answered with a fixed 500 body, so no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from datapulse.auth.verifier import Verifier
+from datapulse.errors import DatapulseError, MethodNotAllowed, NotFound, Unauthorized
+from datapulse.net.http import (
+    Request,
+    Response,
+    StreamingResponse,
+    error_response,
+    internal_error_response,
+)
+
+log = logging.getLogger("datapulse.http")
+
+Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
+ChallengeHook = Callable[[Request, Unauthorized], Unauthorized]
+
+
+@dataclass
+class Route:
+    path: str
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    public: bool = False
+
+    @property
+    def allow(self) -> list[str]:
+        methods = set(self.handlers)
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)
+
+
+class Router:
+    def __init__(self, verifier: Verifier) -> None:
+        self.verifier = verifier
+        self.routes: dict[str, Route] = {}
+        # Lets the auth layer enrich 401 challenges (e.g. with resource_metadata).
+        self.challenge_hook: ChallengeHook | None = None
+        # Runs before routing: Origin/Host checks, CORS preflight. May answer on its own.
+        self.before: list[Callable[[Request], Awaitable[Response | None]]] = []
+
+    def add(self, method: str, path: str, handler: Handler, *, public: bool = False) -> None:
+        route = self.routes.setdefault(path, Route(path, public=public))
+        route.public = route.public or public
+        route.handlers[method] = handler
+
+    def route(
+        self, method: str, path: str, *, public: bool = False
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.add(method, path, handler, public=public)
+            return handler
+
+        return register
+
+    async def __call__(self, request: Request) -> Response | StreamingResponse:
+        try:
+            for hook in self.before:
+                early = await hook(request)
+                if early is not None:
+                    return early
+            return await self._dispatch(request)
+        except Unauthorized as exc:
+            if self.challenge_hook is not None:
+                exc = self.challenge_hook(request, exc)
+            log.info(
+                "401 %s %s from %s: %s",
+                request.method,
+                request.path,
+                request.client_host,
+                exc.detail,
+            )
+            return error_response(exc)
+        except DatapulseError as exc:
+            if exc.http_status >= 500:
+                log.warning(
+                    "%s %s %s: %s", exc.http_status, request.method, request.path, exc.detail
+                )
+            return error_response(exc)
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return internal_error_response()
+
+    async def _dispatch(self, request: Request) -> Response | StreamingResponse:
+        route = self.routes.get(request.path)
+        if route is None:
+            raise NotFound(f"no such endpoint: {request.path}")
+        method = request.method
+        handler = route.handlers.get(method)
+        if handler is None and method == "HEAD":
+            handler = route.handlers.get("GET")
+        if handler is None:
+            raise MethodNotAllowed(f"{method} is not allowed on {request.path}", allow=route.allow)
+        if not route.public:
+            request.principal = await self.verifier.verify(request.header("authorization"))
+        return await handler(request)
