@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _setting(default: Any, flag: str, env: str, help: str) -> Any:  # noqa: A002
+def _setting(default: Any, flag: str, env: str, help: str) -> Any:
     return field(default=default, metadata={"flag": flag, "env": env, "help": help})
 
 

@@ -67,6 +67,14 @@ class SSEReader:
                 self.pending.extend(self.parser.feed(chunk))
             return self.pending.pop(0)
 
+    async def read_until(self, marker: bytes, count: int = 1, timeout: float = 5.0) -> None:
+        """Read raw bytes until ``marker`` has been seen ``count`` times (events are kept)."""
+        with trio.fail_after(timeout):
+            while self.raw.count(marker) < count:
+                chunk = await self._chunks.__anext__()
+                self.raw += chunk
+                self.pending.extend(self.parser.feed(chunk))
+
     async def next_data(self, timeout: float = 5.0) -> SSEEvent:
         """The next event that carries data (skipping the retry-only hint)."""
         while True:

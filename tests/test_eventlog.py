@@ -68,7 +68,8 @@ def test_replay_is_ordered_without_duplicates_or_silent_gaps(
 
 
 @pytest.mark.parametrize(
-    ("raw", "parsed"), [("12", 12), (" 3 ", 3), ("", None), ("x", None), ("-1", None), ("1e3", None)]
+    ("raw", "parsed"),
+    [("12", 12), (" 3 ", 3), ("", None), ("x", None), ("-1", None), ("1e3", None)],
 )
 def test_parse_event_id(raw: str, parsed: int | None) -> None:
     assert parse_event_id(raw) == parsed

@@ -41,7 +41,10 @@ async def test_keep_alive_serves_sequential_requests_on_one_connection(server: S
 async def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
     assert server.info is not None
     one = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    close = b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"Authorization: Bearer test-token\r\n\r\n"
+    close = (
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + b"Authorization: Bearer test-token\r\n\r\n"
+    )
     raw = await raw_exchange(server.info.port, one + one + close)
     assert raw.count(b"HTTP/1.1 200 OK") == 2
     assert raw.rstrip().endswith(b'"detail":"no such endpoint: /nope"}')

@@ -56,7 +56,9 @@ def sse_events(draw: st.DrawFn) -> SSEEvent:
 
 
 @given(events=st.lists(sse_events(), max_size=8), cuts=st.lists(st.integers(0, 4096)))
-def test_round_trip_through_our_parser_in_any_chunking(events: list[SSEEvent], cuts: list[int]) -> None:
+def test_round_trip_through_our_parser_in_any_chunking(
+    events: list[SSEEvent], cuts: list[int]
+) -> None:
     wire = b"".join(encode_event(e) for e in events)
     parser = SSEParser()
     got = []
@@ -105,9 +107,7 @@ def test_event_name_with_newline_is_refused() -> None:
 
 def test_multiline_payload_gets_one_data_field_per_line() -> None:
     wire = encode_event(SSEEvent(data="one\r\ntwo\rthree\nfour", id="7", event="message"))
-    assert wire == (
-        b"event: message\nid: 7\ndata: one\ndata: two\ndata: three\ndata: four\n\n"
-    )
+    assert wire == (b"event: message\nid: 7\ndata: one\ndata: two\ndata: three\ndata: four\n\n")
 
 
 def test_leading_space_survives() -> None:
