@@ -1,0 +1,390 @@
+"""MCP protocol rules that need no I/O: versions, result shapes, cursors, levels, 2026 envelopes.
+
+``datapulse.dispatch`` decides *when* each of these applies; this module only knows *what* the
+spec says, revision by revision, so it can be tested with plain values. The 2026-07-28 ("modern")
+revision has no handshake: every request carries its protocol version and client capabilities in
+``params._meta``, and every result carries ``resultType`` and our ``serverInfo``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+import orjson
+
+from datapulse.core.jsonrpc import Request
+from datapulse.errors import BadRequest, InvalidParams
+from datapulse.tools.registry import Tool
+
+T = TypeVar("T")
+
+# Handshake revisions, oldest first; negotiation falls back to the newest.
+SUPPORTED_VERSIONS: Final = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+LATEST_HANDSHAKE_VERSION: Final = SUPPORTED_VERSIONS[-1]
+MODERN_VERSION: Final = "2026-07-28"
+MODERN_VERSIONS: Final = (MODERN_VERSION,)
+# Newest first: the list a -32022 error offers, so a client can fall back to a handshake revision.
+ALL_VERSIONS: Final = (*MODERN_VERSIONS[::-1], *SUPPORTED_VERSIONS[::-1])
+_ORDER: Final = {v: i for i, v in enumerate((*SUPPORTED_VERSIONS, *MODERN_VERSIONS))}
+
+META_PROTOCOL_VERSION: Final = "io.modelcontextprotocol/protocolVersion"
+META_CLIENT_CAPABILITIES: Final = "io.modelcontextprotocol/clientCapabilities"
+META_CLIENT_INFO: Final = "io.modelcontextprotocol/clientInfo"
+META_LOG_LEVEL: Final = "io.modelcontextprotocol/logLevel"
+META_SERVER_INFO: Final = "io.modelcontextprotocol/serverInfo"
+
+# RFC 5424 severities, least severe first (the order MCP's LoggingLevel declares them in).
+LOG_LEVELS: Final = (
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+)
+_LOG_RANK: Final = {level: rank for rank, level in enumerate(LOG_LEVELS)}
+
+
+class HeaderMismatch(BadRequest):
+    """2026-07-28: an HTTP routing header is missing or disagrees with the body."""
+
+    jsonrpc_code = -32020
+    error = "header_mismatch"
+
+
+class MissingClientCapability(BadRequest):
+    """2026-07-28: the request needs a client capability its ``_meta`` did not declare."""
+
+    jsonrpc_code = -32021
+    error = "missing_client_capability"
+
+    def __init__(self, capability: str) -> None:
+        super().__init__(
+            f"this request needs the client capability {capability!r}",
+            data={"requiredCapabilities": {capability: {}}},
+        )
+
+
+class UnsupportedProtocolVersion(BadRequest):
+    """2026-07-28: the request's protocol version is not one we serve."""
+
+    jsonrpc_code = -32022
+    error = "unsupported_protocol_version"
+
+    def __init__(self, requested: str) -> None:
+        super().__init__(
+            f"unsupported protocol version {requested!r}",
+            data={"supported": list(ALL_VERSIONS), "requested": requested},
+        )
+
+
+# -- versions ---------------------------------------------------------------------------------
+
+
+def negotiate_version(requested: object) -> str:
+    """The version an ``initialize`` answer carries: the client's if we speak it, else our newest."""
+    if isinstance(requested, str) and requested in SUPPORTED_VERSIONS:
+        return requested
+    return LATEST_HANDSHAKE_VERSION
+
+
+def version_at_least(version: str | None, minimum: str) -> bool:
+    """Known ``version`` no older than ``minimum``; unknown or None versions count as too old."""
+    rank = _ORDER.get(version) if version is not None else None
+    return rank is not None and rank >= _ORDER[minimum]
+
+
+def batches_allowed(version: str | None) -> bool:
+    """JSON-RPC arrays: 2025-03-26 requires accepting them, 2024-11-05 inherits JSON-RPC's; 2025-06-18
+    removed them. No version yet (before ``initialize``) means no batches: it may not be batched."""
+    return version in ("2024-11-05", "2025-03-26")
+
+
+# -- handshake and discovery ------------------------------------------------------------------
+
+
+def server_capabilities() -> dict[str, Any]:
+    # Only what we serve. listChanged is false: the tool set is fixed once the server starts.
+    return {"tools": {"listChanged": False}, "logging": {}}
+
+
+def server_info(name: str, version: str) -> dict[str, Any]:
+    return {"name": name, "version": version}
+
+
+def initialize_result(
+    version: str, server_name: str, server_version: str, instructions: str | None = None
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "protocolVersion": version,
+        "capabilities": server_capabilities(),
+        "serverInfo": server_info(server_name, server_version),
+    }
+    if instructions:
+        result["instructions"] = instructions
+    return result
+
+
+def discover_result(instructions: str | None = None) -> dict[str, Any]:
+    """``server/discover``. Lists the modern versions only, like the Python SDK: the client uses
+    one of them in its next request's ``_meta``, where a handshake version would be refused."""
+    result: dict[str, Any] = {"supportedVersions": list(MODERN_VERSIONS)}
+    result["capabilities"] = server_capabilities()
+    if instructions:
+        result["instructions"] = instructions
+    return cacheable(result)
+
+
+def cacheable(result: dict[str, Any]) -> dict[str, Any]:
+    """2026 caching fields. ``private`` + 0 ms: nothing may be shared across tokens or reused,
+    which is always correct; widening it is an optimisation we have not needed."""
+    result.setdefault("ttlMs", 0)
+    result.setdefault("cacheScope", "private")
+    return result
+
+
+def modern_result(result: dict[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
+    """Stamp a 2026-07-28 result: ``resultType`` is required, ``serverInfo`` is a SHOULD."""
+    result.setdefault("resultType", "complete")
+    meta = result.get("_meta")
+    result["_meta"] = {**(meta if isinstance(meta, dict) else {}), META_SERVER_INFO: dict(info)}
+    return result
+
+
+# -- pagination -------------------------------------------------------------------------------
+
+_CURSOR_PREFIX: Final = "dp1:"
+
+
+def _encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{offset}".encode()).decode("ascii")
+
+
+def _decode_cursor(cursor: object, total: int) -> int:
+    # Opaque to clients; we only need to recognise our own and refuse everything else (SHOULD -32602).
+    if not isinstance(cursor, str):
+        raise InvalidParams("cursor must be a string")
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
+    except (binascii.Error, UnicodeError, ValueError):
+        raise InvalidParams("invalid cursor") from None
+    digits = text.removeprefix(_CURSOR_PREFIX)
+    if text == digits or not digits.isdigit() or not 0 < int(digits) < total:
+        raise InvalidParams("invalid cursor")
+    return int(digits)
+
+
+def paginate(items: Sequence[T], cursor: object, page_size: int) -> tuple[list[T], str | None]:
+    """One page of ``items`` and the cursor of the next page (None on the last page).
+
+    A cursor is the base64 of an offset: stateless, so it survives across sessions and servers.
+    It points past the end only if the list shrank, which ours never does, so that is refused.
+    """
+    if page_size < 1:
+        raise ValueError("page_size must be at least 1")
+    start = 0 if cursor is None else _decode_cursor(cursor, len(items))
+    end = start + page_size
+    return list(items[start:end]), (_encode_cursor(end) if end < len(items) else None)
+
+
+def list_tools_result(tools: Sequence[Tool], version: str | None) -> dict[str, Any]:
+    entries = [tool.describe() for tool in tools]
+    if not version_at_least(version, "2025-06-18"):
+        # outputSchema arrived in 2025-06-18; keep older wires to their own schema.
+        for entry in entries:
+            entry.pop("outputSchema", None)
+    return {"tools": entries}
+
+
+# -- tool results -----------------------------------------------------------------------------
+
+_NOTHING: Final[Any] = object()
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    """A tool's return value when plain JSON is not enough: ready-made content blocks
+    (``image``, ``audio``, ``resource``...), optional structured content, or a deliberate error."""
+
+    content: list[dict[str, Any]]
+    structured_content: Any = field(default=_NOTHING)
+    is_error: bool = False
+
+
+def _text_of(output: Any) -> str:
+    if isinstance(output, str):
+        return output
+    return orjson.dumps(output, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
+
+
+def tool_call_result(tool: Tool, output: Any, version: str | None) -> dict[str, Any]:
+    """The ``tools/call`` result for a tool that returned ``output``.
+
+    Raises TypeError when ``output`` is not JSON-serialisable; the caller reports that as a tool
+    failure. structuredContent only exists from 2025-06-18 and only for tools that declare an
+    outputSchema (the spec then also wants the same JSON as text, for older clients).
+    """
+    structured = version_at_least(version, "2025-06-18")
+    if isinstance(output, ToolOutput):
+        result: dict[str, Any] = {"content": list(output.content)}
+        if structured and output.structured_content is not _NOTHING:
+            result["structuredContent"] = output.structured_content
+        result["isError"] = output.is_error
+        return result
+    content = [] if output is None else [{"type": "text", "text": _text_of(output)}]
+    result = {"content": content}
+    if structured and tool.output_schema is not None:
+        result["structuredContent"] = output
+    result["isError"] = False
+    return result
+
+
+def tool_error_result(message: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": message}], "isError": True}
+
+
+# -- logging and progress ---------------------------------------------------------------------
+
+
+def is_log_level(value: object) -> bool:
+    return isinstance(value, str) and value in _LOG_RANK
+
+
+def log_level_allows(threshold: str | None, level: str) -> bool:
+    """Whether a message at ``level`` passes a client's minimum ``threshold`` (None: send none)."""
+    return threshold is not None and _LOG_RANK[level] >= _LOG_RANK[threshold]
+
+
+def progress_token(params: Mapping[str, Any] | None) -> str | int | None:
+    """``params._meta.progressToken`` if present; a token that is not a string/integer is -32602."""
+    meta = (params or {}).get("_meta")
+    if not isinstance(meta, Mapping) or meta.get("progressToken") is None:
+        return None
+    token = meta["progressToken"]
+    if isinstance(token, bool) or not isinstance(token, str | int):
+        raise InvalidParams("_meta.progressToken must be a string or an integer")
+    return token
+
+
+def progress_params(
+    token: str | int, progress: float, total: float | None, message: str | None, version: str | None
+) -> dict[str, Any] | None:
+    """``notifications/progress`` params, or None when the values cannot go on the wire."""
+    if not math.isfinite(progress) or (total is not None and not math.isfinite(total)):
+        return None  # orjson would write NaN/inf as null, which no schema accepts
+    params: dict[str, Any] = {"progressToken": token, "progress": progress}
+    if total is not None:
+        params["total"] = total
+    if message is not None and version_at_least(version, "2025-03-26"):
+        params["message"] = message
+    return params
+
+
+# -- 2026-07-28 per-request envelope ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModernMeta:
+    """What a 2026-07-28 request says about its client in ``params._meta``."""
+
+    protocol_version: str
+    client_capabilities: dict[str, Any]
+    client_info: dict[str, Any] | None = None
+    log_level: str | None = None
+
+
+def parse_modern_meta(params: object) -> ModernMeta:
+    """Check the envelope's shape (all failures -32602, HTTP 400); the version is checked apart,
+    by ``check_modern_version``, because the HTTP layer compares headers in between."""
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict):
+        raise InvalidParams(
+            f"params._meta must be an object carrying {META_PROTOCOL_VERSION!r}"
+            f" and {META_CLIENT_CAPABILITIES!r}"
+        )
+    missing = [k for k in (META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES) if k not in meta]
+    if missing:
+        raise InvalidParams(f"params._meta is missing {', '.join(missing)}")
+    version, capabilities = meta[META_PROTOCOL_VERSION], meta[META_CLIENT_CAPABILITIES]
+    if not isinstance(version, str):
+        raise InvalidParams(f"{META_PROTOCOL_VERSION} must be a string")
+    if not isinstance(capabilities, dict):
+        raise InvalidParams(f"{META_CLIENT_CAPABILITIES} must be an object")
+    # clientInfo is only a SHOULD: absent or malformed, the request is still served.
+    info = meta.get(META_CLIENT_INFO)
+    level = meta.get(META_LOG_LEVEL)
+    if level is not None and not is_log_level(level):
+        raise InvalidParams(f"{META_LOG_LEVEL} must be one of {', '.join(LOG_LEVELS)}")
+    return ModernMeta(version, capabilities, info if isinstance(info, dict) else None, level)
+
+
+def check_modern_version(version: str) -> None:
+    if version not in MODERN_VERSIONS:
+        raise UnsupportedProtocolVersion(version)
+
+
+def require_client_capability(meta: ModernMeta, capability: str) -> None:
+    if capability not in meta.client_capabilities:
+        raise MissingClientCapability(capability)
+
+
+# Body field mirrored in the Mcp-Name header, per method.
+_NAME_FIELDS: Final = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+
+def decode_header_value(value: str) -> str | None:
+    """Undo the ``=?base64?...?=`` wrapping of Mcp-Name/Mcp-Param values; None if malformed."""
+    if not (value.startswith("=?base64?") and value.endswith("?=") and len(value) >= 11):
+        return value
+    try:
+        return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def check_routing_headers(request: Request, headers: Mapping[str, str]) -> None:
+    """2026-07-28 SEP-2243: ``MCP-Protocol-Version``, ``Mcp-Method`` and ``Mcp-Name`` must mirror
+    the body. ``headers`` maps lowercase names to values already stripped of edge whitespace;
+    values compare case-sensitively. ``Mcp-Param-*`` needs the tool schema and is not checked here.
+    """
+    params = request.params if isinstance(request.params, dict) else {}
+    meta = params.get("_meta")
+    body_version = meta.get(META_PROTOCOL_VERSION) if isinstance(meta, dict) else None
+    header_version = headers.get("mcp-protocol-version")
+    if header_version is None or header_version != body_version:
+        raise HeaderMismatch("MCP-Protocol-Version header does not match params._meta")
+    if headers.get("mcp-method") != request.method:
+        raise HeaderMismatch("Mcp-Method header does not match the request method")
+    name_field = _NAME_FIELDS.get(request.method)
+    if name_field is not None and params.get(name_field) is not None:
+        raw = headers.get("mcp-name")
+        if raw is None or decode_header_value(raw) != params[name_field]:
+            raise HeaderMismatch(f"Mcp-Name header does not match params.{name_field}")
+
+
+# JSON-RPC error code -> HTTP status on the 2026-07-28 path (everything else: 200). -32603 is 500
+# by our choice: both SDKs answer 200, but an internal error is a server fault, and dual-era
+# clients read the JSON-RPC body on any status. -32000 is only ever our concurrency limit.
+_MODERN_STATUS: Final = {
+    -32700: 400,
+    -32600: 400,
+    -32602: 400,
+    -32020: 400,
+    -32021: 400,
+    -32022: 400,
+    -32601: 404,
+    -32000: 429,
+    -32603: 500,
+}
+
+
+def modern_http_status(code: int | None) -> int:
+    """HTTP status for a 2026-07-28 reply whose JSON-RPC error code is ``code`` (None: success)."""
+    return 200 if code is None else _MODERN_STATUS.get(code, 200)
