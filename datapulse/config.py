@@ -102,6 +102,25 @@ class Config:
     shutdown_grace_s: float = _setting(
         5.0, "--shutdown-grace", "DATAPULSE_SHUTDOWN_GRACE", "seconds in-flight work gets at exit"
     )
+    # MCP
+    json_response: bool = _setting(
+        False,
+        "--json-response",
+        "DATAPULSE_JSON_RESPONSE",
+        "answer every /mcp request as application/json, never as an SSE stream",
+    )
+    allowed_origins: str = _setting(
+        "",
+        "--allowed-origins",
+        "DATAPULSE_ALLOWED_ORIGINS",
+        "comma-separated browser origins allowed besides localhost ones (DNS-rebinding guard)",
+    )
+    max_calls_per_session: int = _setting(
+        16, "--max-calls-per-session", "DATAPULSE_MAX_CALLS_PER_SESSION", "concurrent tool calls"
+    )
+    call_timeout_s: float = _setting(
+        300.0, "--call-timeout", "DATAPULSE_CALL_TIMEOUT", "seconds one tool call may run"
+    )
     # Tools
     fetch_timeout_s: float = _setting(
         5.0, "--fetch-timeout", "DATAPULSE_FETCH_TIMEOUT", "fetch_url total timeout (seconds)"
@@ -124,6 +143,7 @@ class Config:
             "keepalive_timeout_s",
             "write_timeout_s",
             "fetch_timeout_s",
+            "call_timeout_s",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -137,6 +157,7 @@ class Config:
             "max_body_bytes",
             "max_header_bytes",
             "max_header_count",
+            "max_calls_per_session",
         ]:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -185,3 +206,18 @@ def config_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) 
             values[f.name] = parse_value(f, environ[env])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Config(**values)
+
+
+def settings_table() -> str:
+    """The README's settings table (Markdown), generated from the fields above."""
+    rows = ["| flag | env variable | default | meaning |", "|---|---|---|---|"]
+    for f in settings():
+        default = f.default
+        if f.name == "token":
+            default = "random, printed at start"
+        elif default is None or default == "":
+            default = "-"
+        rows.append(
+            f"| `{f.metadata['flag']}` | `{f.metadata['env']}` | {default} | {f.metadata['help']} |"
+        )
+    return "\n".join(rows) + "\n"

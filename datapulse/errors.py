@@ -101,6 +101,14 @@ class Conflict(DatapulseError):
     error = "conflict"
 
 
+class MisdirectedRequest(DatapulseError):
+    """A Host header naming a site we do not serve (DNS-rebinding protection)."""
+
+    http_status = 421
+    jsonrpc_code = -32600
+    error = "misdirected_request"
+
+
 class PayloadTooLarge(DatapulseError):
     http_status = 413
     jsonrpc_code = -32600

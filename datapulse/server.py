@@ -25,6 +25,7 @@ import trio
 from datapulse.auth.verifier import BearerVerifier, Verifier
 from datapulse.config import Config
 from datapulse.core.eventlog import LoggedEvent
+from datapulse.dispatch import CallLimit, Dispatcher, McpSession
 from datapulse.errors import SessionNotFound
 from datapulse.net.http import Request, Response, json_response
 from datapulse.net.server import BoundAddress, HTTPServer
@@ -34,9 +35,13 @@ from datapulse.tools.builtin import register_builtins
 from datapulse.tools.fetch import FetchPolicy
 from datapulse.tools.registry import ToolContext, ToolRegistry
 from datapulse.transports.events import EventsTransport
+from datapulse.transports.guard import OriginGuard
 from datapulse.transports.router import Router
+from datapulse.transports.streamable import StreamableTransport
 
 log = logging.getLogger("datapulse")
+
+VERSION = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class Server:
                 FetchPolicy(
                     allow_private=self.config.fetch_allow_private,
                     timeout_s=self.config.fetch_timeout_s,
+                    connect_timeout_s=min(3.0, self.config.fetch_timeout_s),
                 ),
             )
         self.token = self.config.token
@@ -83,7 +89,15 @@ class Server:
             self.config.replay_events, self.config.replay_bytes
         )
         self.sessions = SessionManager(self.config, self.store)
+        self.dispatcher = Dispatcher(
+            self.registry,
+            server_name="datapulse",
+            server_version=VERSION,
+            max_concurrent_calls=self.config.max_calls_per_session,
+            call_timeout_s=self.config.call_timeout_s,
+        )
         self.router = Router(self.verifier)
+        self.router.before.append(OriginGuard(self.config))
         self.http = HTTPServer(self.router, self.config)
         self.http.on_shutdown.append(lambda: self.sessions.close_all_streams("shutdown"))
         self._install_routes()
@@ -94,7 +108,33 @@ class Server:
         """Decorator registering a tool: ``@server.tool("name", input_schema=...)``."""
         return self.registry.tool
 
+    def dispatcher_session(
+        self,
+        *,
+        principal: Any,
+        session_id: str | None = None,
+        modern: bool = False,
+        call_limit: CallLimit | None = None,
+    ) -> McpSession:
+        """A protocol session for ``principal`` (one per MCP session, or per modern request)."""
+        scopes = None if "*" in principal.scopes else principal.scopes
+        return McpSession(
+            self.dispatcher,
+            modern=modern,
+            session_id=session_id,
+            principal_id=principal.id,
+            scopes=scopes,
+            call_limit=call_limit,
+        )
+
     def _install_routes(self) -> None:
+        mcp_http = StreamableTransport(self)
+        for method, handler in (
+            ("POST", mcp_http.post),
+            ("GET", mcp_http.get),
+            ("DELETE", mcp_http.delete),
+        ):
+            self.router.add(method, "/mcp", handler)
         events = EventsTransport(self)
         self.router.add("GET", "/healthz", self._health, public=True)
         self.router.add("GET", "/events", events.get_events)

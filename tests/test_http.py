@@ -25,7 +25,7 @@ def body_of(raw: bytes) -> dict[str, object]:
 
 async def test_keep_alive_serves_sequential_requests_on_one_connection(server: Server) -> None:
     assert server.info is not None
-    request = f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    request = f"GET /healthz HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
     stream = await trio.open_tcp_stream("127.0.0.1", server.info.port)
     async with stream:
         for _ in range(3):
@@ -40,9 +40,9 @@ async def test_keep_alive_serves_sequential_requests_on_one_connection(server: S
 
 async def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
     assert server.info is not None
-    one = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    one = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
     close = (
-        b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         + b"Authorization: Bearer test-token\r\n\r\n"
     )
     raw = await raw_exchange(server.info.port, one + one + close)
@@ -60,7 +60,7 @@ async def test_head_has_headers_but_no_body(client: httpx.AsyncClient) -> None:
 async def test_connection_close_is_honoured(server: Server) -> None:
     assert server.info is not None
     raw = await raw_exchange(
-        server.info.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        server.info.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     assert status_of(raw) == 200  # the read returned: the server closed its side
 
@@ -91,12 +91,12 @@ async def test_wrong_method_405_with_allow(client: httpx.AsyncClient) -> None:
     "payload",
     [
         b"GARBAGE\r\n\r\n",
-        b"GET  HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET  HTTP/1.1\r\nHost: localhost\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
-        b"POST /message HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
-        b"POST /message HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
-        b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nBad Header: y\r\n\r\n",
+        b"POST /message HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n\r\n",
+        b"POST /message HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
+        b"GET /\x00 HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ],
 )
 async def test_malformed_requests_get_400_json(server: Server, payload: bytes) -> None:
@@ -110,7 +110,7 @@ async def test_malformed_requests_get_400_json(server: Server, payload: bytes) -
 async def test_header_block_too_large_431(nursery: trio.Nursery) -> None:
     _, info = await start_server(nursery, max_header_bytes=1024)
     raw = await raw_exchange(
-        info.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n"
+        info.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n"
     )
     assert status_of(raw) == 431
     assert body_of(raw)["error"] == "headers_too_large"
@@ -119,7 +119,7 @@ async def test_header_block_too_large_431(nursery: trio.Nursery) -> None:
 async def test_too_many_header_fields_431(nursery: trio.Nursery) -> None:
     _, info = await start_server(nursery, max_header_count=10)
     headers = b"".join(b"X-%d: v\r\n" % i for i in range(20))
-    raw = await raw_exchange(info.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    raw = await raw_exchange(info.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n")
     assert status_of(raw) == 431
 
 
@@ -154,7 +154,7 @@ async def test_slowloris_gets_408_and_close(nursery: trio.Nursery) -> None:
     _, info = await start_server(nursery, read_timeout_s=0.3)
     stream = await trio.open_tcp_stream("127.0.0.1", info.port)
     async with stream:
-        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")  # never finished
         data = b""
         with trio.fail_after(5):
             while True:
@@ -170,7 +170,7 @@ async def test_slow_body_gets_408(nursery: trio.Nursery) -> None:
     _, info = await start_server(nursery, read_timeout_s=0.3)
     raw = await raw_exchange(
         info.port,
-        b"POST /message?session_id=a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+        b"POST /message?session_id=a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc",
     )
     assert status_of(raw) == 408
 
@@ -179,7 +179,7 @@ async def test_idle_keep_alive_connection_is_closed(nursery: trio.Nursery) -> No
     server, info = await start_server(nursery, keepalive_timeout_s=0.2)
     stream = await trio.open_tcp_stream("127.0.0.1", info.port)
     async with stream:
-        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         with trio.fail_after(5):
             data = b""
             while True:
@@ -197,7 +197,7 @@ async def test_over_connection_limit_503_with_retry_after(nursery: trio.Nursery)
     _, info = await start_server(nursery, max_connections=2)
     holders = [await trio.open_tcp_stream("127.0.0.1", info.port) for _ in range(2)]
     await trio.sleep(0.1)
-    raw = await raw_exchange(info.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    raw = await raw_exchange(info.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status_of(raw) == 503
     assert b"Retry-After: 1" in raw
     assert body_of(raw)["error"] == "too_many_connections"
@@ -213,7 +213,7 @@ async def test_expect_100_continue(server: Server) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", server.info.port)
     async with stream:
         await stream.send_all(
-            b"POST /message?session_id=zz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-token\r\n"
+            b"POST /message?session_id=zz HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer test-token\r\n"
             b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n"
         )
         with trio.fail_after(5):

@@ -25,7 +25,10 @@ def test_core_imports_no_io_library() -> None:
 
 
 def test_readme_lists_every_setting() -> None:
+    from datapulse.config import settings_table
+
     readme = (ROOT / "README.md").read_text()
+    assert settings_table() in readme, "regenerate the README table from settings_table()"
     for f in settings():
         assert f"`{f.metadata['flag']}`" in readme, f.metadata["flag"]
         assert f"`{f.metadata['env']}`" in readme, f.metadata["env"]

@@ -40,9 +40,11 @@ def parse_event_id(value: str) -> int | None:
 
 
 class ReplayLog:
-    def __init__(self, max_events: int, max_bytes: int) -> None:
+    def __init__(self, max_events: int, max_bytes: int, id_prefix: str = "") -> None:
         if max_events < 1 or max_bytes < 1:
             raise ValueError("a replay log must hold at least one event and one byte")
+        # Streams of one MCP session share an id space; a prefix names the stream (``3-17``).
+        self.id_prefix = id_prefix
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._events: deque[LoggedEvent] = deque()

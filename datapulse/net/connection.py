@@ -243,6 +243,7 @@ class HTTPConnection:
         completed = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_disconnect, nursery.cancel_scope)
+            request.task_nursery = nursery
             try:
                 response = await self.app(request)
                 if isinstance(response, Response):

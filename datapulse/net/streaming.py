@@ -24,7 +24,7 @@ import logging
 import orjson
 import trio
 
-from datapulse.core.eventlog import LoggedEvent, ReplayGone
+from datapulse.core.eventlog import LoggedEvent, ReplayGone, ReplayLog
 from datapulse.core.sse import PING, encode_data, encode_retry
 from datapulse.net.http import BodyWriter
 from datapulse.net.sessions import Attachment, LiveSession, SessionManager
@@ -163,3 +163,60 @@ async def stream_session(
         await SessionStream(manager, live, write, attachment, ping_interval_s).run(resume_after)
     finally:
         manager.detach(live, attachment)
+
+
+class MessageBuffer:
+    """The messages of one request's SSE response (a Streamable HTTP POST), kept for resumption.
+
+    The request's task pushes encoded JSON-RPC messages; one writer at a time (the POST response,
+    or a GET resuming it with ``Last-Event-ID``) drains them. The log is bounded like a session's,
+    and a writer that falls behind its bound is told so, not silently skipped ahead.
+    """
+
+    def __init__(self, number: int, max_events: int, max_bytes: int, *, event: str | None = None):
+        self.number = number
+        self.log = ReplayLog(max_events, max_bytes, id_prefix=f"{number}-")
+        self.event = event
+        self.done = False
+        self._changed = trio.Event()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def push(self, message: bytes) -> None:
+        self.log.append(message.decode(), self.event)
+        self._wake()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+
+    @property
+    def count(self) -> int:
+        return self.log.last_seq
+
+    async def wait_for(self, count: int) -> None:
+        """Until at least ``count`` messages were pushed, or the request finished."""
+        while self.log.last_seq < count and not self.done:
+            await self._changed.wait()
+
+    async def write_to(self, write: BodyWriter, *, after: int = 0, ping_interval_s: float) -> None:
+        """Write messages after seq ``after`` until the request is done and all are written."""
+        sent = after
+        while True:
+            changed = self._changed  # taken before reading, so no wake-up can slip between
+            try:
+                pending = self.log.events_after(sent)
+            except ReplayGone as gone:
+                await write(control_event("error", error="replay_gone", detail=str(gone)))
+                return
+            for event in pending:
+                await write(event.wire)
+                sent = event.seq
+            if self.done and sent >= self.log.last_seq:
+                return
+            with trio.move_on_after(ping_interval_s) as idle:
+                await changed.wait()
+            if idle.cancelled_caught:
+                await write(PING)

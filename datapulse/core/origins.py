@@ -1,0 +1,55 @@
+"""Origin and Host checks against DNS rebinding, sans-IO.
+
+A web page on ``evil.example`` can make a browser resolve ``evil.example`` to 127.0.0.1 and then
+talk to a local server as if it were same-origin. Two checks stop it: a browser always sends
+``Origin`` on cross-site requests, and we refuse origins not on the allow-list (403); and a server
+bound to loopback refuses a ``Host`` that is not a loopback name (421), since a rebound name still
+arrives in ``Host``. Requests without ``Origin`` (non-browser clients) are allowed.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+def _host_only(netloc: str) -> str:
+    """``host:port`` / ``[v6]:port`` -> host (brackets kept for v6), lowercased."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        end = netloc.find("]")
+        return netloc[: end + 1] if end != -1 else netloc
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def is_loopback_name(host: str) -> bool:
+    host = _host_only(host)
+    return host in LOOPBACK_NAMES or host.startswith("127.")
+
+
+def parse_origins(csv: str) -> frozenset[str]:
+    return frozenset(o.strip().rstrip("/").lower() for o in csv.split(",") if o.strip())
+
+
+def origin_allowed(origin: str | None, allowed: frozenset[str]) -> bool:
+    """No Origin: allowed. ``null`` or unparsable: refused. Loopback origins are always allowed;
+    others only when listed exactly (scheme://host[:port]) or when ``*`` is listed."""
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    if origin in allowed or "*" in allowed:
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    return is_loopback_name(parts.netloc)
+
+
+def host_allowed(host: str | None, bound_to_loopback: bool) -> bool:
+    """A loopback-bound server answers only to loopback names; others accept any Host."""
+    if not bound_to_loopback:
+        return True
+    if host is None:
+        return True  # HTTP/1.0 without Host: nothing a browser would send
+    return is_loopback_name(host)
