@@ -36,8 +36,10 @@ from datapulse.tools.fetch import FetchPolicy
 from datapulse.tools.registry import ToolContext, ToolRegistry
 from datapulse.transports.events import EventsTransport
 from datapulse.transports.guard import OriginGuard
+from datapulse.transports.legacy_sse import LegacySseTransport
 from datapulse.transports.router import Router
 from datapulse.transports.streamable import StreamableTransport
+from datapulse.transports.websocket import WebSocketTransport
 
 log = logging.getLogger("datapulse")
 
@@ -135,6 +137,12 @@ class Server:
             ("DELETE", mcp_http.delete),
         ):
             self.router.add(method, "/mcp", handler)
+        legacy = LegacySseTransport(self)
+        self.router.add("GET", "/sse", legacy.get_sse)
+        # The endpoint event names /messages; the Python SDK's own servers use /messages/.
+        self.router.add("POST", "/messages", legacy.post_message)
+        self.router.add("POST", "/messages/", legacy.post_message)
+        self.router.add("GET", "/ws", WebSocketTransport(self).upgrade)
         events = EventsTransport(self)
         self.router.add("GET", "/healthz", self._health, public=True)
         self.router.add("GET", "/events", events.get_events)

@@ -40,12 +40,13 @@ from datapulse.net.http import (
     Request,
     Response,
     StreamingResponse,
+    Upgrade,
     encode_raw_response,
 )
 
 log = logging.getLogger("datapulse.http")
 
-App = Callable[[Request], Awaitable[Response | StreamingResponse]]
+App = Callable[[Request], Awaitable[Response | StreamingResponse | Upgrade]]
 
 RECEIVE_SIZE = 65536
 SERVER_HEADER = ("Server", "datapulse")
@@ -71,6 +72,38 @@ def _response_head(status: int, headers: list[tuple[str, str]]) -> h11.Response:
     except ValueError:
         reason = b""
     return h11.Response(status_code=status, headers=headers, reason=reason)
+
+
+def _request_head(request: Request) -> bytes:
+    """The request head again, as bytes, for a protocol that wants to parse it itself."""
+    lines = [f"{request.method} {request.target} HTTP/{request.http_version}".encode()]
+    lines += [name + b": " + value for name, value in request.headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class _ReplayStream(trio.abc.Stream):
+    """A stream that first yields ``prefix``, then reads from ``inner``; writes go to ``inner``."""
+
+    def __init__(self, prefix: bytes, inner: trio.abc.Stream) -> None:
+        self._prefix = prefix
+        self._inner = inner
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, self._prefix = self._prefix[:size], self._prefix[size:]
+            await trio.lowlevel.checkpoint()
+            return chunk
+        return bytes(await self._inner.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class _ClientGone(Exception):
@@ -241,12 +274,15 @@ class HTTPConnection:
         """Run the app for ``request`` and write its response. Returns False to close."""
         head_only = request.method == "HEAD"
         completed = False
+        upgrade: Upgrade | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_disconnect, nursery.cancel_scope)
             request.task_nursery = nursery
             try:
                 response = await self.app(request)
-                if isinstance(response, Response):
+                if isinstance(response, Upgrade):
+                    upgrade = response
+                elif isinstance(response, Response):
                     await self._write_response(response, head_only)
                 else:
                     await self._write_stream(response, head_only)
@@ -257,7 +293,14 @@ class HTTPConnection:
                 # The app turns its errors into responses; reaching here is a bug in a stream
                 # body after its headers were sent. Nothing valid can follow: log and close.
                 log.exception("response to %s %s failed", request.method, request.path)
+            # Stops the watcher too; a cancelled receive_some consumes no bytes, so nothing the
+            # client sent is lost to an upgrade.
             nursery.cancel_scope.cancel()
+        if upgrade is not None and completed:
+            await upgrade.run(
+                _ReplayStream(_request_head(request) + self.conn.trailing_data[0], self.stream)
+            )
+            return False
         if not completed:
             log.debug("closing %s after %s %s", self._peer, request.method, request.path)
         return completed and self.conn.our_state is h11.DONE

@@ -106,6 +106,17 @@ class StreamingResponse:
     body: Callable[[BodyWriter], Awaitable[None]]
 
 
+@dataclass
+class Upgrade:
+    """Hand the connection to another protocol (WebSocket): ``run(stream)`` owns it from here.
+
+    The stream given to ``run`` first replays the request head the HTTP layer already consumed,
+    so the other protocol's handshake code can read the request as if it were first.
+    """
+
+    run: Callable[[Any], Awaitable[None]]
+
+
 def json_body(obj: Any) -> bytes:
     return orjson.dumps(obj)
 

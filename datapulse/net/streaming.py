@@ -20,12 +20,13 @@ pointing at the last *data* event so a reconnect resumes in the right place.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import orjson
 import trio
 
 from datapulse.core.eventlog import LoggedEvent, ReplayGone, ReplayLog
-from datapulse.core.sse import PING, encode_data, encode_retry
+from datapulse.core.sse import PING, encode_comment, encode_data, encode_retry
 from datapulse.net.http import BodyWriter
 from datapulse.net.sessions import Attachment, LiveSession, SessionManager
 
@@ -43,6 +44,11 @@ def control_event(event: str, **fields: object) -> bytes:
     return encode_data(orjson.dumps(fields).decode(), event=event)
 
 
+def control_comment(event: str, **fields: object) -> bytes:
+    """The same notice as an SSE comment, for MCP streams whose clients expect only messages."""
+    return encode_comment(f"{event} {orjson.dumps(fields).decode()}")
+
+
 class _Lagging(Exception):
     pass
 
@@ -55,7 +61,9 @@ class SessionStream:
         write: BodyWriter,
         attachment: Attachment,
         ping_interval_s: float,
+        control: Callable[..., bytes] = control_event,
     ) -> None:
+        self.control = control
         self.manager = manager
         self.live = live
         self.write = write
@@ -78,7 +86,7 @@ class SessionStream:
             if not tolerate_gap:
                 raise _Lagging from None
             await self.write(
-                control_event(
+                self.control(
                     "error",
                     error="replay_gone",
                     detail=str(gone),
@@ -104,7 +112,7 @@ class SessionStream:
         except _Lagging:
             log.info("stream for session %s fell too far behind; closing", self.live.id)
             await self.write(
-                control_event(
+                self.control(
                     "error",
                     error="stream_lagging",
                     detail="the stream fell behind further than the replay buffer holds",
@@ -117,7 +125,7 @@ class SessionStream:
         if start > last:
             # An id we never issued for this session (e.g. from before a restart).
             await self.write(
-                control_event(
+                self.control(
                     "error",
                     error="replay_gone",
                     detail=f"event {start} is not known to this session",
@@ -138,7 +146,7 @@ class SessionStream:
                     event = await receive.receive()
                 except (trio.EndOfChannel, trio.ClosedResourceError):
                     reason = self.attachment.close_reason or "closed"
-                    await self.write(control_event("close", reason=reason))
+                    await self.write(self.control("close", reason=reason))
                     return
             if idle.cancelled_caught:
                 await self.write(PING)
@@ -155,12 +163,18 @@ async def stream_session(
     ping_interval_s: float,
     retry_ms: int,
     preamble: bytes = b"",
+    control: Callable[..., bytes] = control_event,
 ) -> None:
-    """Attach to ``live`` and stream it until the client leaves or the session tells us to stop."""
+    """Attach to ``live`` and stream it until the client leaves or the session tells us to stop.
+
+    ``control`` frames the goodbye and error notices: named events for the original API, SSE
+    comments (``control_comment``) for MCP streams, whose clients expect nothing but messages.
+    """
     attachment = manager.attach(live)
     try:
         await write(encode_retry(retry_ms) + preamble)
-        await SessionStream(manager, live, write, attachment, ping_interval_s).run(resume_after)
+        stream = SessionStream(manager, live, write, attachment, ping_interval_s, control)
+        await stream.run(resume_after)
     finally:
         manager.detach(live, attachment)
 
@@ -209,7 +223,7 @@ class MessageBuffer:
             try:
                 pending = self.log.events_after(sent)
             except ReplayGone as gone:
-                await write(control_event("error", error="replay_gone", detail=str(gone)))
+                await write(control_comment("error", error="replay_gone", detail=str(gone)))
                 return
             for event in pending:
                 await write(event.wire)

@@ -17,13 +17,14 @@ from datapulse.net.http import (
     Request,
     Response,
     StreamingResponse,
+    Upgrade,
     error_response,
     internal_error_response,
 )
 
 log = logging.getLogger("datapulse.http")
 
-Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
+Handler = Callable[[Request], Awaitable[Response | StreamingResponse | Upgrade]]
 ChallengeHook = Callable[[Request, Unauthorized], Unauthorized]
 
 
@@ -64,7 +65,7 @@ class Router:
 
         return register
 
-    async def __call__(self, request: Request) -> Response | StreamingResponse:
+    async def __call__(self, request: Request) -> Response | StreamingResponse | Upgrade:
         try:
             for hook in self.before:
                 early = await hook(request)
@@ -92,7 +93,7 @@ class Router:
             log.exception("unhandled error in %s %s", request.method, request.path)
             return internal_error_response()
 
-    async def _dispatch(self, request: Request) -> Response | StreamingResponse:
+    async def _dispatch(self, request: Request) -> Response | StreamingResponse | Upgrade:
         route = self.routes.get(request.path)
         if route is None:
             raise NotFound(f"no such endpoint: {request.path}")

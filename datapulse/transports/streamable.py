@@ -53,7 +53,7 @@ from datapulse.errors import (
 from datapulse.net.http import BodyWriter, Response, StreamingResponse
 from datapulse.net.http import Request as HttpRequest
 from datapulse.net.sessions import LiveSession
-from datapulse.net.streaming import SSE_HEADERS, MessageBuffer, stream_session
+from datapulse.net.streaming import SSE_HEADERS, MessageBuffer, control_comment, stream_session
 
 if TYPE_CHECKING:
     from datapulse.server import Server
@@ -345,6 +345,7 @@ class StreamableTransport:
                 resume_after=resume_after,
                 ping_interval_s=cfg.ping_interval_s,
                 retry_ms=cfg.retry_ms,
+                control=control_comment,
             )
 
         return StreamingResponse(200, list(SSE_HEADERS), body)
