@@ -11,7 +11,9 @@ send them, the other keys of ``data`` beside ``name`` (``{"name": "fetch_url", "
 
 The envelope is checked synchronously (400/422 naming the field); everything about the tool
 itself (unknown tool, bad arguments, the tool failing) is reported on the stream, because the
-request was accepted and queued.
+request was accepted and queued. Requests are translated to JSON-RPC (``tools/list``,
+``tools/call`` with the request id as id and progress token) and run by the same dispatcher as
+every MCP transport; the replies are translated back into this format.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from datapulse.core import mcp
 from datapulse.core.eventlog import parse_event_id
+from datapulse.core.jsonrpc import Request as JsonRpcRequest
 from datapulse.core.session import valid_session_id
-from datapulse.errors import BadRequest, DatapulseError, UnprocessableEntity
+from datapulse.dispatch import McpSession
+from datapulse.errors import BadRequest, UnprocessableEntity
 from datapulse.net.http import Request, Response, StreamingResponse, json_response
 from datapulse.net.sessions import LiveSession
 from datapulse.net.streaming import SSE_HEADERS, stream_session
-from datapulse.tools.registry import ToolContext
 
 if TYPE_CHECKING:
     from datapulse.server import Server
@@ -117,40 +121,110 @@ class EventsTransport:
         self.server.sessions.spawn(live, self._run, live, message, request.principal)
         return json_response(202, {"status": "queued", "request_id": message["request_id"]})
 
+    def _protocol(self, live: LiveSession, principal: Any) -> McpSession:
+        """The session's MCP protocol state. The original API has no handshake, so the session
+        starts initialized at our newest handshake revision."""
+        protocol = live.state.get(KIND)
+        if not isinstance(protocol, McpSession):
+            protocol = self.server.dispatcher_session(principal=principal, session_id=live.id)
+            protocol.initialized = True
+            protocol.protocol_version = mcp.LATEST_HANDSHAKE_VERSION
+            live.state[KIND] = protocol
+        return protocol
+
     async def _run(self, live: LiveSession, message: dict[str, Any], principal: Any) -> None:
+        """Translate one original-API request to JSON-RPC, run it, translate the replies back."""
         request_id = message["request_id"]
         sessions = self.server.sessions
-        registry = self.server.registry
-        try:
-            if message["type"] == "list_tools":
-                result: dict[str, Any] = {
-                    "type": "list_tools",
-                    "request_id": request_id,
-                    "data": [tool.describe() for tool in registry],
-                }
-            else:
-                data = message["data"]
-                name = data.get("name")
-                if not isinstance(name, str):
-                    raise BadRequest("call_tool needs data.name")
+        protocol = self._protocol(live, principal)
+        if message["type"] == "list_tools":
+            tools: list[Any] = []
+            cursor = None
+            while True:
+                params: dict[str, Any] = {"cursor": cursor} if cursor else {}
+                reply = await self._call(protocol, request_id, "tools/list", params, live)
+                if "error" in reply:
+                    await sessions.publish(live, _error(request_id, reply["error"]["message"]))
+                    return
+                tools.extend(reply["result"]["tools"])
+                cursor = reply["result"].get("nextCursor")
+                if not cursor:
+                    break
+            await sessions.publish(
+                live, {"type": "list_tools", "request_id": request_id, "data": tools}
+            )
+            return
+        data = message["data"]
+        name = data.get("name")
+        if not isinstance(name, str):
+            await sessions.publish(live, _error(request_id, "call_tool needs data.name"))
+            return
+        params = {
+            "name": name,
+            "arguments": tool_arguments(data),
+            "_meta": {"progressToken": request_id},
+        }
+        reply = await self._call(protocol, request_id, "tools/call", params, live)
+        if reply is None:
+            return  # cancelled: nothing to say
+        if "error" in reply:
+            await sessions.publish(live, _error(request_id, reply["error"]["message"]))
+            return
+        result = reply["result"]
+        if result.get("isError"):
+            await sessions.publish(live, _error(request_id, _text(result)))
+            return
+        output = result["structuredContent"] if "structuredContent" in result else _output(result)
+        await sessions.publish(
+            live, {"type": "tool_result", "request_id": request_id, "data": output}
+        )
 
-                async def progress(done: float, total: float | None, text: str | None) -> None:
-                    update = {"progress": done, "total": total, "message": text}
-                    await sessions.publish(
-                        live, {"type": "progress", "request_id": request_id, "data": update}
-                    )
+    async def _call(
+        self,
+        protocol: McpSession,
+        request_id: str,
+        method: str,
+        params: dict[str, Any],
+        live: LiveSession,
+    ) -> Any:
+        """Run one JSON-RPC request through the dispatcher; progress goes out as it happens."""
+        reply: list[Any] = []
 
-                context = ToolContext(
-                    session_id=live.id,
-                    principal_id=principal.id,
-                    scopes=principal.scopes,
-                    progress_sink=progress,
+        async def sink(data: bytes) -> None:
+            decoded = orjson.loads(data)
+            if decoded.get("method") == "notifications/progress":
+                update = decoded["params"]
+                await self.server.sessions.publish(
+                    live,
+                    {
+                        "type": "progress",
+                        "request_id": request_id,
+                        "data": {
+                            "progress": update.get("progress"),
+                            "total": update.get("total"),
+                            "message": update.get("message"),
+                        },
+                    },
                 )
-                output = await self.server.call_tool(name, tool_arguments(data), context)
-                result = {"type": "tool_result", "request_id": request_id, "data": output}
-        except DatapulseError as exc:
-            result = {"type": "error", "request_id": request_id, "error": str(exc)}
-        except Exception as exc:
-            log.exception("tool call %s in session %s failed", request_id, live.id)
-            result = {"type": "error", "request_id": request_id, "error": f"tool failed: {exc}"}
-        await sessions.publish(live, result)
+            elif "method" not in decoded:
+                reply.append(decoded)
+
+        await protocol.handle(JsonRpcRequest(request_id, method, params), sink)
+        return reply[0] if reply else None
+
+
+def _error(request_id: str, text: str) -> dict[str, Any]:
+    return {"type": "error", "request_id": request_id, "error": text}
+
+
+def _text(result: dict[str, Any]) -> str:
+    return " ".join(b.get("text", "") for b in result.get("content", []) if b.get("type") == "text")
+
+
+def _output(result: dict[str, Any]) -> Any:
+    """A tool without an outputSchema: its JSON text decoded again, else the text itself."""
+    text = _text(result)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
