@@ -32,7 +32,8 @@ FETCH_OUTPUT = {
 
 def utc_now_iso() -> str:
     """Current UTC time as ISO 8601 with a ``Z`` suffix, whole seconds."""
-    return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is several times cheaper than strftime; "+00:00" is spelled "Z" as ISO 8601 allows.
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def register_builtins(registry: ToolRegistry, policy: FetchPolicy) -> None:
