@@ -66,7 +66,8 @@ class ReplayLog:
     def append(self, data: str, event: str | None = None) -> LoggedEvent:
         self.last_seq += 1
         logged = LoggedEvent(
-            self.last_seq, encode_data(data, event_id=str(self.last_seq), event=event)
+            self.last_seq,
+            encode_data(data, event_id=f"{self.id_prefix}{self.last_seq}", event=event),
         )
         self._events.append(logged)
         self._bytes += len(logged.wire)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -352,7 +353,7 @@ def decode_header_value(value: str) -> str | None:
 def check_routing_headers(request: Request, headers: Mapping[str, str]) -> None:
     """2026-07-28 SEP-2243: ``MCP-Protocol-Version``, ``Mcp-Method`` and ``Mcp-Name`` must mirror
     the body. ``headers`` maps lowercase names to values already stripped of edge whitespace;
-    values compare case-sensitively. ``Mcp-Param-*`` needs the tool schema and is not checked here.
+    values compare case-sensitively. ``Mcp-Param-*`` needs the tool schema: ``check_param_headers``.
     """
     params = request.params if isinstance(request.params, dict) else {}
     meta = params.get("_meta")
@@ -367,6 +368,109 @@ def check_routing_headers(request: Request, headers: Mapping[str, str]) -> None:
         raw = headers.get("mcp-name")
         if raw is None or decode_header_value(raw) != params[name_field]:
             raise HeaderMismatch(f"Mcp-Name header does not match params.{name_field}")
+
+
+# -- 2026-07-28 Mcp-Param-* headers (x-mcp-header annotations) ----------------------------------
+
+X_MCP_HEADER: Final = "x-mcp-header"
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name token
+_HEADER_TYPES: Final = frozenset({"string", "integer", "boolean"})
+_INTEGRAL: Final = re.compile(r"-?[0-9]+(\.0+)?")
+# JSON Schema 2020-12 keywords whose values are subschemas. Only a chain of plain `properties`
+# keeps a property "statically reachable"; anything else may annotate nothing.
+_SUBSCHEMA: Final = frozenset(
+    {"items", "contains", "additionalProperties", "unevaluatedItems", "unevaluatedProperties"}
+    | {"propertyNames", "not", "if", "then", "else", "contentSchema"}
+)
+_SUBSCHEMA_LISTS: Final = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_SUBSCHEMA_MAPS: Final = frozenset(
+    {"patternProperties", "dependentSchemas", "$defs", "definitions"}
+)
+
+
+def _positions(schema: object) -> Iterator[tuple[tuple[str, ...] | None, Mapping[str, Any]]]:
+    """Every subschema with its ``properties`` path (None once another keyword was crossed)."""
+    stack: list[tuple[tuple[str, ...] | None, object]] = [((), schema)]
+    while stack:
+        path, node = stack.pop()
+        if not isinstance(node, Mapping):
+            continue
+        yield path, node
+        for key, value in node.items():
+            if key == "properties" and isinstance(value, Mapping):
+                stack.extend((None if path is None else (*path, k), v) for k, v in value.items())
+            elif key in _SUBSCHEMA:
+                stack.append((None, value))
+            elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+                stack.extend((None, v) for v in value)
+            elif key in _SUBSCHEMA_MAPS and isinstance(value, Mapping):
+                stack.extend((None, v) for v in value.values())
+
+
+def invalid_header_annotation(schema: object) -> str | None:
+    """Why the ``x-mcp-header`` annotations of an input schema are invalid, or None if they are
+    fine: each must be a token, unique ignoring case, on a string/integer/boolean property reached
+    through plain ``properties`` (clients drop tools that break this)."""
+    seen: dict[str, str] = {}
+    for path, node in _positions(schema):
+        if X_MCP_HEADER not in node:
+            continue
+        if not path:
+            return f"{X_MCP_HEADER} outside a plain `properties` chain"
+        where, token = ".".join(path), node[X_MCP_HEADER]
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            return f"{where}: {X_MCP_HEADER} must be an RFC 9110 token"
+        if node.get("type") not in _HEADER_TYPES:
+            return f"{where}: {X_MCP_HEADER} needs type string, integer or boolean"
+        if token.lower() in seen:
+            return f"{where}: {X_MCP_HEADER} {token!r} repeats the one on {seen[token.lower()]}"
+        seen[token.lower()] = where
+    return None
+
+
+def _param_matches(kind: object, value: object, text: str) -> bool:
+    if isinstance(value, bool):
+        return text == ("true" if value else "false")
+    whole = value if isinstance(value, int) else None
+    if isinstance(value, float) and value.is_integer():
+        whole = int(value)
+    try:
+        if kind == "integer" and whole is not None:
+            # Integers compare numerically (SHOULD): "42.0" matches 42.
+            return _INTEGRAL.fullmatch(text) is not None and int(text.partition(".")[0]) == whole
+        return isinstance(value, str | int | float) and text == str(value)
+    except ValueError:  # an integer past Python's int/str digit limit
+        return False
+
+
+def check_param_headers(
+    schema: Mapping[str, Any], arguments: Mapping[str, Any], sent: Mapping[str, list[str]]
+) -> None:
+    """``tools/call``: every annotated argument present (not null) must arrive mirrored in
+    ``Mcp-Param-<token>``, and no such header may come without its argument. ``sent`` maps
+    lowercase header names to their values. A schema with invalid annotations is not checked:
+    clients drop such tools, so they send nothing to compare."""
+    if invalid_header_annotation(schema) is not None:
+        return
+    for path, node in _positions(schema):
+        token = node.get(X_MCP_HEADER)
+        if not path or not isinstance(token, str):
+            continue
+        header, values = f"Mcp-Param-{token}", sent.get(f"mcp-param-{token.lower()}", [])
+        value: Any = arguments
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if len(values) > 1:
+            raise HeaderMismatch(f"{header} header sent twice")
+        if value is None and values:
+            raise HeaderMismatch(f"{header} header sent without the {'.'.join(path)} argument")
+        if value is None:
+            continue
+        if not values:
+            raise HeaderMismatch(f"{header} header missing for the {'.'.join(path)} argument")
+        text = decode_header_value(values[0])
+        if text is None or not _param_matches(node.get("type"), value, text):
+            raise HeaderMismatch(f"{header} header does not match the {'.'.join(path)} argument")
 
 
 # JSON-RPC error code -> HTTP status on the 2026-07-28 path (everything else: 200). -32603 is 500

@@ -38,7 +38,13 @@ import trio
 
 from datapulse.core import mcp
 from datapulse.core.eventlog import parse_event_id
-from datapulse.core.jsonrpc import InvalidRequest, Notification, Request, parse_message
+from datapulse.core.jsonrpc import (
+    InvalidRequest,
+    Notification,
+    Request,
+    encode_error,
+    parse_message,
+)
 from datapulse.dispatch import CallLimit, McpSession, encode_exception
 from datapulse.errors import (
     BadRequest,
@@ -68,6 +74,12 @@ KEPT_STREAMS = 32
 """POST streams per session kept for Last-Event-ID resumption (oldest dropped first)."""
 JSON_HEADERS = [("Content-Type", "application/json")]
 ROUTING_HEADERS = ("mcp-protocol-version", "mcp-method", "mcp-name")
+REQUEST_CANCELLED = -32800
+"""Ends the POST stream of a request cancelled by ``notifications/cancelled`` (handshake era).
+
+That wire ends a request's stream only with a response; without one, a client that resumes the
+stream (the Python SDK does, from the priming id) polls for it forever. The Python SDK's server
+answers with this code for the same reason; clients ignore replies to requests they cancelled."""
 
 
 @dataclass(eq=False)
@@ -92,9 +104,27 @@ def jsonrpc_error(exc: DatapulseError, request_id: Any = None) -> Response:
 
 
 def _media_types(accept: str | None) -> set[str]:
+    """The media ranges an Accept header admits; ``q=0`` means "not acceptable" (RFC 9110)."""
     if accept is None:
         return {"*/*"}
-    return {part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()}
+    types = set()
+    for part in accept.split(","):
+        media, _, params = part.partition(";")
+        media = media.strip().lower()
+        if media and not _refused(params):
+            types.add(media)
+    return types
+
+
+def _refused(params: str) -> bool:
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value.strip()) == 0
+            except ValueError:
+                return False
+    return False
 
 
 def accepts(accept: str | None, wanted: str) -> bool:
@@ -208,7 +238,11 @@ class StreamableTransport:
 
         async def run() -> None:
             try:
-                await state.protocol.handle(message, buffer.push)
+                outcome = await state.protocol.handle(message, buffer.push)
+                if not outcome.responded:
+                    await buffer.push(
+                        encode_error(message.id, REQUEST_CANCELLED, "request cancelled")
+                    )
             finally:
                 buffer.finish()
 
@@ -218,16 +252,17 @@ class StreamableTransport:
             return self._json_reply(buffer)
         with trio.move_on_after(JSON_WAIT_S):
             await buffer.wait_for(1)
-        first = buffer.log.events_after(0)[:1]
-        if buffer.done and len(first) == 1 and buffer.count == 1:
-            del state.buffers[buffer.number]  # answered in full; nothing to resume
+        if buffer.done and buffer.count == 1:
+            state.buffers.pop(buffer.number, None)  # answered in full; nothing to resume
             return self._json_reply(buffer)
         priming = mcp.version_at_least(state.protocol.protocol_version, "2025-11-25")
         return self._sse_reply(buffer, priming=priming)
 
     def _json_reply(self, buffer: MessageBuffer) -> Response:
-        replies = [e for e in buffer.log.events_after(0)]
-        for event in reversed(replies):
+        # What the log still holds: the response is the newest event, which is never evicted,
+        # however many notifications (dropped in JSON mode) came before it.
+        held = buffer.log.events_after(buffer.log.oldest_seq - 1)
+        for event in reversed(held):
             payload = _payload(event.wire)
             if is_response(payload):
                 return Response(200, list(JSON_HEADERS), payload)
@@ -281,9 +316,11 @@ class StreamableTransport:
             if values:
                 headers[name] = values[0]
         try:
+            # The SDKs' order: envelope shape, headers against the body, version, Mcp-Param-*.
             meta = mcp.parse_modern_meta(message.params)
-            mcp.check_modern_version(meta.protocol_version)
             mcp.check_routing_headers(message, headers)
+            mcp.check_modern_version(meta.protocol_version)
+            self._check_param_headers(request, message)
         except DatapulseError as exc:
             return jsonrpc_error(exc, message.id)
         principal = request.principal
@@ -313,6 +350,24 @@ class StreamableTransport:
             reply.status = status if reply.status == 200 else reply.status
             return reply
         return self._sse_reply(buffer, priming=False)
+
+    def _check_param_headers(self, request: HttpRequest, message: Request) -> None:
+        """``Mcp-Param-*`` must mirror the arguments the tool's schema annotates (SEP-2243)."""
+        params = message.params if isinstance(message.params, dict) else {}
+        name = params.get("name")
+        registry = self.server.registry
+        if message.method != "tools/call" or not isinstance(name, str) or name not in registry:
+            return  # an unknown tool is the dispatcher's -32602
+        arguments = params.get("arguments")
+        sent: dict[str, list[str]] = {}
+        for key, value in request.headers:
+            if key.lower().startswith(b"mcp-param-"):
+                sent.setdefault(key.lower().decode("latin-1"), []).append(
+                    value.decode("latin-1").strip()
+                )
+        mcp.check_param_headers(
+            registry.get(name).input_schema, arguments if isinstance(arguments, dict) else {}, sent
+        )
 
     # -- GET / DELETE ----------------------------------------------------------------------------
 
@@ -355,7 +410,8 @@ class StreamableTransport:
         number, seq = parse_event_id(number_text), parse_event_id(seq_text)
         buffer = state.buffers.get(number) if number is not None else None
         if buffer is None or seq is None:
-            raise SessionNotFound(f"stream of event {last_event_id} is no longer held")
+            # Not 404: that would tell the client its whole session is gone.
+            raise BadRequest(f"stream of event {last_event_id} is no longer held")
         return self._sse_reply(buffer, priming=False, after=seq)
 
     async def delete(self, request: HttpRequest) -> Response:
