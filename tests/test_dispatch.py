@@ -730,3 +730,20 @@ async def test_python_sdk_client_round_trip() -> None:
                     await trio.sleep(0.01)
             assert session.in_flight == 0
         nursery.cancel_scope.cancel()
+
+
+def test_registry_refuses_bad_x_mcp_header_annotations() -> None:
+    """Checklist 118: our own x-mcp-header annotations are RFC 9110 tokens on simple properties."""
+    import pytest
+
+    from datapulse.tools.registry import Tool, ToolRegistry
+
+    async def handler(arguments: dict, context: object) -> None:  # type: ignore[type-arg]
+        return None
+
+    registry = ToolRegistry()
+    bad = {"type": "object", "properties": {"r": {"type": "string", "x-mcp-header": "not a token"}}}
+    with pytest.raises(ValueError, match="token"):
+        registry.add(Tool("bad", "", handler, input_schema=bad))  # type: ignore[arg-type]
+    good = {"type": "object", "properties": {"r": {"type": "string", "x-mcp-header": "Region"}}}
+    registry.add(Tool("good", "", handler, input_schema=good))  # type: ignore[arg-type]

@@ -95,6 +95,12 @@ class ToolRegistry:
             raise ValueError(f"tool {tool.name!r} is already registered")
         if tool.input_schema.get("type") != "object":
             raise ValueError(f"tool {tool.name!r}: inputSchema must have type 'object'")
+        # core.mcp imports this module, hence the deferred import.
+        from datapulse.core.mcp import invalid_header_annotation
+
+        problem = invalid_header_annotation(dict(tool.input_schema))
+        if problem is not None:
+            raise ValueError(f"tool {tool.name!r}: {problem}")
         validator_cls = jsonschema.validators.validator_for(tool.input_schema)
         validator_cls.check_schema(dict(tool.input_schema))
         self._validators[tool.name] = validator_cls(dict(tool.input_schema))
