@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from datapulse import __version__
+from datapulse.auth.setup import AuthStartupError
 from datapulse.config import Config, config_from_env, parse_value, settings
 from datapulse.server import Server, ServerInfo
 
@@ -53,6 +54,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
 
 async def run(config: Config) -> None:
     server = Server(config)
+    # Before any nursery, so that a JWT discovery failure reaches main() unwrapped.
+    await server.open_verifier()
 
     async def watch_signals(*, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -87,6 +90,12 @@ def announce(info: ServerInfo, config: Config) -> None:
         print(f"bearer token (generated): {info.token}", file=sys.stderr, flush=True)
     elif info.token:
         print("bearer token: from --token / LOCAL_BEARER_TOKEN", file=sys.stderr, flush=True)
+    if config.jwt_enabled:
+        print(
+            f"JWT access tokens from {config.jwt_issuer} (audience {config.jwt_audience})",
+            file=sys.stderr,
+            flush=True,
+        )
     print(
         f"  curl -N -H 'Authorization: Bearer <token>' '{info.url}/events?session_id=abc123'",
         file=sys.stderr,
@@ -107,10 +116,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         trio.run(run, config)
-    except OSError as exc:
+    except (OSError, AuthStartupError) as exc:
         print(f"datapulse: cannot start: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # A bind failure surfaces from inside the server's nurseries, wrapped in groups.
+        start_errors, rest = group.split((OSError, AuthStartupError))
+        if start_errors is None or rest is not None:
+            raise
+        print(f"datapulse: cannot start: {_first_leaf(start_errors)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 if __name__ == "__main__":

@@ -118,6 +118,10 @@ class EventsTransport:
         session_id = session_id_from(request)
         live = await self.server.sessions.get(session_id, request.principal.id, KIND)
         message = parse_message(request.body)
+        if message["type"] == "call_tool":
+            # Checked before queueing: a missing scope is a 403 step-up challenge, not a
+            # stream error (the token, not the request, must change).
+            self.server.auth.require_tool_scope(request, message["data"].get("name"))
         self.server.sessions.spawn(live, self._run, live, message, request.principal)
         return json_response(202, {"status": "queued", "request_id": message["request_id"]})
 
@@ -130,6 +134,9 @@ class EventsTransport:
             protocol.initialized = True
             protocol.protocol_version = mcp.LATEST_HANDSHAKE_VERSION
             live.state[KIND] = protocol
+        else:
+            # The latest request's token counts (it may carry more scopes after a step-up).
+            protocol.scopes = None if "*" in principal.scopes else principal.scopes
         return protocol
 
     async def _run(self, live: LiveSession, message: dict[str, Any], principal: Any) -> None:

@@ -39,6 +39,9 @@ class LegacySseTransport:
     async def get_sse(self, request: Request) -> StreamingResponse:
         sessions = self.server.sessions
         live = await sessions.create(request.principal.id, KIND)
+        on_created = request.extra.get("on_session_created")  # a ticket binds to the session
+        if on_created is not None:
+            on_created(live)
         live.state[STATE_KEY] = self.server.dispatcher_session(
             principal=request.principal, session_id=live.id
         )

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from datapulse.auth.verifier import Verifier
+from datapulse.auth.verifier import Principal, Verifier
 from datapulse.errors import DatapulseError, MethodNotAllowed, NotFound, Unauthorized
 from datapulse.net.http import (
     Request,
@@ -26,6 +26,8 @@ log = logging.getLogger("datapulse.http")
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse | Upgrade]]
 ChallengeHook = Callable[[Request, Unauthorized], Unauthorized]
+TicketHook = Callable[[Request], Awaitable[Principal]]
+AppResponse = Response | StreamingResponse | Upgrade
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Route:
     path: str
     handlers: dict[str, Handler] = field(default_factory=dict)
     public: bool = False
+    ticket_methods: set[str] = field(default_factory=set)
+    """Methods that may authenticate with ``?ticket=`` (browser streams) instead of the header."""
 
     @property
     def allow(self) -> list[str]:
@@ -50,11 +54,25 @@ class Router:
         self.challenge_hook: ChallengeHook | None = None
         # Runs before routing: Origin/Host checks, CORS preflight. May answer on its own.
         self.before: list[Callable[[Request], Awaitable[Response | None]]] = []
+        # Runs on every response the router returns, errors included (CORS headers).
+        self.after: list[Callable[[Request, AppResponse], None]] = []
+        # Authenticates ``?ticket=`` on routes added with ``ticket=True`` (see auth_routes).
+        self.ticket_hook: TicketHook | None = None
 
-    def add(self, method: str, path: str, handler: Handler, *, public: bool = False) -> None:
+    def add(
+        self,
+        method: str,
+        path: str,
+        handler: Handler,
+        *,
+        public: bool = False,
+        ticket: bool = False,
+    ) -> None:
         route = self.routes.setdefault(path, Route(path, public=public))
         route.public = route.public or public
         route.handlers[method] = handler
+        if ticket:
+            route.ticket_methods.add(method)
 
     def route(
         self, method: str, path: str, *, public: bool = False
@@ -65,7 +83,13 @@ class Router:
 
         return register
 
-    async def __call__(self, request: Request) -> Response | StreamingResponse | Upgrade:
+    async def __call__(self, request: Request) -> AppResponse:
+        response = await self._respond(request)
+        for hook in self.after:
+            hook(request, response)
+        return response
+
+    async def _respond(self, request: Request) -> AppResponse:
         try:
             for hook in self.before:
                 early = await hook(request)
@@ -104,5 +128,15 @@ class Router:
         if handler is None:
             raise MethodNotAllowed(f"{method} is not allowed on {request.path}", allow=route.allow)
         if not route.public:
-            request.principal = await self.verifier.verify(request.header("authorization"))
+            request.principal = await self._authenticate(request, route)
         return await handler(request)
+
+    async def _authenticate(self, request: Request, route: Route) -> Principal:
+        """The bearer header; or, on a ticket route, a ``?ticket=`` (and then only that)."""
+        if (
+            self.ticket_hook
+            and request.method in route.ticket_methods
+            and "ticket" in request.query
+        ):
+            return await self.ticket_hook(request)
+        return await self.verifier.verify(request.header("authorization"))

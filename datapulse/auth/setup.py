@@ -1,0 +1,38 @@
+"""Building the configured verifier at start-up (JWT discovery needs the network, so it is async).
+
+``Server.serve`` calls ``open_configured_verifier`` before it listens, so a wrong issuer URL or
+an unreachable IdP stops the server at start with one clear line, not at the first request.
+"""
+
+from __future__ import annotations
+
+from datapulse.auth.jwks import KeySourceError
+from datapulse.auth.jwt import JwtSettings, JwtVerifier
+from datapulse.auth.verifier import BearerVerifier, ChainVerifier, Principal, Verifier
+from datapulse.config import Config
+from datapulse.errors import ServiceUnavailable
+
+
+class AuthStartupError(Exception):
+    """The configured authentication cannot work; the message says why, for an operator."""
+
+
+class StartingVerifier:
+    """Stands in until the real verifier is built: nothing is accepted before ``serve`` runs."""
+
+    async def verify(self, authorization: str | None) -> Principal:
+        raise ServiceUnavailable("authentication is not ready yet")
+
+
+async def open_configured_verifier(config: Config, token: str | None) -> Verifier:
+    """The JWT verifier (discovery done), behind the local token when one is configured.
+
+    JWT comes last in the chain so that a bad JWT's specific 401 reason is what the client sees.
+    """
+    try:
+        jwt = await JwtVerifier.open(JwtSettings.from_config(config))
+    except (ValueError, KeySourceError) as exc:
+        raise AuthStartupError(f"JWT authentication cannot start: {exc}") from exc
+    if token:
+        return ChainVerifier([BearerVerifier(token), jwt])
+    return jwt

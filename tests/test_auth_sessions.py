@@ -1,0 +1,131 @@
+"""Sessions belong to the principal that created them, on every transport that has sessions.
+
+Two principals at a time: two JWT subjects from the IdP stand-in, and the local token beside a
+JWT (both ways round). The other principal gets 404 for the session, exactly as if it did not
+exist, so session ids cannot be probed. ``/ws`` is left out: its session is its connection.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+import trio
+
+from datapulse import Server
+
+from .conftest import AUTH, SSEReader
+from .idp import IdP, rsa_key, start_idp
+from .test_auth_server import MCP_HEADERS, TIMEOUT, bearer, client_for, start_auth_server
+
+PAIRS = ["alice-bob", "local-alice", "alice-local"]
+
+
+def credentials(idp: IdP, name: str) -> dict[str, str]:
+    return AUTH if name == "local" else bearer(idp.mint(sub=name, scope="mcp:tools"))
+
+
+@pytest.fixture
+async def env(nursery: trio.Nursery) -> tuple[Server, IdP]:
+    idp = await start_idp(nursery, keys=[rsa_key("rsa-1")])
+    server, _ = await start_auth_server(nursery, idp)
+    return server, idp
+
+
+def owners(env: tuple[Server, IdP], pair: str) -> tuple[Server, dict[str, str], dict[str, str]]:
+    server, idp = env
+    first, second = pair.split("-")
+    return server, credentials(idp, first), credentials(idp, second)
+
+
+def rpc(method: str, id: int = 1, **params: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id, "method": method, "params": params}
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+async def test_events_session_is_invisible_to_another_principal(
+    env: tuple[Server, IdP], pair: str
+) -> None:
+    server, owner, other = owners(env, pair)
+    call = {"type": "call_tool", "request_id": "r1", "data": {"name": "echo", "n": 1}}
+    with trio.fail_after(TIMEOUT):
+        async with client_for(server) as http, AsyncExitStack() as stack:
+            stream = await stack.enter_async_context(
+                http.stream("GET", "/events?session_id=shared", headers=owner)
+            )
+            assert stream.status_code == 200
+            assert (await http.get("/events?session_id=shared", headers=other)).status_code == 404
+            post = await http.post("/message?session_id=shared", headers=other, json=call)
+            assert post.status_code == 404
+            # A ticket does not help: it speaks for the principal that asked for it.
+            ticket = (await http.post("/tickets", headers=other)).json()["ticket"]
+            by_ticket = await http.get(f"/events?session_id=shared&ticket={ticket}")
+            assert by_ticket.status_code == 404
+            # The owner is unaffected.
+            assert (
+                await http.post("/message?session_id=shared", headers=owner, json=call)
+            ).status_code == 202
+            event = await SSEReader(stream).next_data()
+            assert '"tool_result"' in (event.data or "")
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+async def test_mcp_session_is_invisible_to_another_principal(
+    env: tuple[Server, IdP], pair: str
+) -> None:
+    server, owner, other = owners(env, pair)
+    init = rpc(
+        "initialize",
+        protocolVersion="2025-06-18",
+        capabilities={},
+        clientInfo={"name": "t", "version": "1"},
+    )
+    with trio.fail_after(TIMEOUT):
+        async with client_for(server) as http:
+            opened = await http.post("/mcp", headers={**MCP_HEADERS, **owner}, json=init)
+            session = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+            theirs = {**MCP_HEADERS, **other, **session}
+            listing = rpc("tools/list", 2)
+            assert (await http.post("/mcp", headers=theirs, json=listing)).status_code == 404
+            assert (await http.get("/mcp", headers=theirs)).status_code == 404
+            assert (await http.delete("/mcp", headers=theirs)).status_code == 404
+            mine = {**MCP_HEADERS, **owner, **session}
+            ok = await http.post("/mcp", headers=mine, json=listing)
+            assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+async def test_legacy_sse_session_is_invisible_to_another_principal(
+    env: tuple[Server, IdP], pair: str
+) -> None:
+    server, owner, other = owners(env, pair)
+    with trio.fail_after(TIMEOUT):
+        async with client_for(server) as http, AsyncExitStack() as stack:
+            stream = await stack.enter_async_context(http.stream("GET", "/sse", headers=owner))
+            reader = SSEReader(stream)  # kept: dropping it would close the stream
+            endpoint = (await reader.next_data()).data or ""
+            assert endpoint.startswith("/messages?session_id=")
+            body = rpc("ping", 3)
+            json_type = {"Content-Type": "application/json"}
+            refused = await http.post(endpoint, headers={**other, **json_type}, json=body)
+            assert refused.status_code == 404
+            accepted = await http.post(endpoint, headers={**owner, **json_type}, json=body)
+            assert accepted.status_code == 202
+
+
+async def test_two_subjects_are_two_principals_but_one_subject_is_one(
+    env: tuple[Server, IdP],
+) -> None:
+    """Two tokens of the same subject (say, before and after a refresh) share the session."""
+    server, idp = env
+    first, refreshed = (bearer(idp.mint(sub="dana", jti=j)) for j in ("a", "b"))
+    call = {"type": "list_tools", "request_id": "l1"}
+    with trio.fail_after(TIMEOUT):
+        async with client_for(server) as http, AsyncExitStack() as stack:
+            stream = await stack.enter_async_context(
+                http.stream("GET", "/events?session_id=d1", headers=first)
+            )
+            assert stream.status_code == 200
+            response = await http.post("/message?session_id=d1", headers=refreshed, json=call)
+            assert response.status_code == 202
