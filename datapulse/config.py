@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def _setting(default: Any, flag: str, env: str, help: str) -> Any:
@@ -48,6 +49,18 @@ class Config:
     )
     jwt_leeway_s: float = _setting(
         60.0, "--jwt-leeway", "JWT_LEEWAY", "clock leeway for exp/nbf/iat, seconds"
+    )
+    resource_url: str = _setting(
+        "",
+        "--resource-url",
+        "DATAPULSE_RESOURCE_URL",
+        "canonical URL clients use for this server (OAuth resource metadata); default: the bound URL",
+    )
+    cors_origins: str = _setting(
+        "",
+        "--cors-origins",
+        "DATAPULSE_CORS_ORIGINS",
+        "comma-separated browser origins allowed to call the API cross-origin (CORS)",
     )
     # Streams and sessions
     ping_interval_s: float = _setting(
@@ -131,6 +144,28 @@ class Config:
         "DATAPULSE_FETCH_ALLOW_PRIVATE",
         "let fetch_url reach loopback/private addresses (local testing only)",
     )
+    # Limits (each documented in docs/limits.md: default, status, rationale)
+    max_connections_per_ip: int = _setting(
+        1000,
+        "--max-connections-per-ip",
+        "DATAPULSE_MAX_CONNECTIONS_PER_IP",
+        "open connections from one client address (429 beyond)",
+    )
+    max_sessions_per_principal: int = _setting(
+        1000,
+        "--max-sessions-per-principal",
+        "DATAPULSE_MAX_SESSIONS_PER_PRINCIPAL",
+        "sessions one principal may hold at once (429 beyond)",
+    )
+    max_json_depth: int = _setting(
+        64, "--max-json-depth", "DATAPULSE_MAX_JSON_DEPTH", "deepest JSON-RPC body nesting (-32600)"
+    )
+    max_batch_items: int = _setting(
+        50,
+        "--max-batch-items",
+        "DATAPULSE_MAX_BATCH_ITEMS",
+        "most messages in one JSON-RPC batch (-32600)",
+    )
     # Misc
     log_level: str = _setting("INFO", "--log-level", "DATAPULSE_LOG_LEVEL", "logging level")
 
@@ -158,6 +193,10 @@ class Config:
             "max_header_bytes",
             "max_header_count",
             "max_calls_per_session",
+            "max_connections_per_ip",
+            "max_sessions_per_principal",
+            "max_json_depth",
+            "max_batch_items",
         ]:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -165,6 +204,10 @@ class Config:
             raise ValueError("port must be 0..65535")
         if self.shutdown_grace_s < 0 or self.retry_ms < 0 or self.jwt_leeway_s < 0:
             raise ValueError("shutdown_grace_s, retry_ms and jwt_leeway_s must be >= 0")
+        if self.resource_url:
+            url = urlsplit(self.resource_url)
+            if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
+                raise ValueError("resource_url must be an http(s) URL without query or fragment")
 
     @property
     def jwt_enabled(self) -> bool:

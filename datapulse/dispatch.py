@@ -141,6 +141,8 @@ class Dispatcher:
             schema = dict(tool.output_schema)
             validator = jsonschema.validators.validator_for(schema)(schema)
             self._output_validators[tool.name] = validator
+        if validator.is_valid(output):  # the common case builds no error objects
+            return None
         error = jsonschema.exceptions.best_match(validator.iter_errors(output))
         if error is None:
             return None
@@ -471,7 +473,7 @@ async def _run_tool(
     output: Any = None
     with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
         try:
-            output = await d.registry.call(tool.name, arguments, context)
+            output = await d.registry.run(tool, arguments, context)  # validated above
         except mcp.MissingClientCapability:
             raise  # a protocol error (-32021) the client must see as such
         except Exception as exc:

@@ -22,9 +22,11 @@ from typing import Any
 
 import trio
 
+from datapulse.auth.setup import StartingVerifier, open_configured_verifier
 from datapulse.auth.verifier import BearerVerifier, Verifier
 from datapulse.config import Config
 from datapulse.core.eventlog import LoggedEvent
+from datapulse.core.jsonrpc import MAX_BATCH_ITEMS
 from datapulse.dispatch import CallLimit, Dispatcher, McpSession
 from datapulse.errors import SessionNotFound
 from datapulse.net.http import Request, Response, json_response
@@ -34,6 +36,7 @@ from datapulse.store import MemorySessionStore, SessionStore
 from datapulse.tools.builtin import register_builtins
 from datapulse.tools.fetch import FetchPolicy
 from datapulse.tools.registry import ToolContext, ToolRegistry
+from datapulse.transports.auth_routes import PRM_PATHS, AuthRoutes
 from datapulse.transports.events import EventsTransport
 from datapulse.transports.guard import OriginGuard
 from datapulse.transports.legacy_sse import LegacySseTransport
@@ -79,14 +82,14 @@ class Server:
                 ),
             )
         self.token = self.config.token
-        if verifier is None:
-            if self.token is None and not self.config.jwt_enabled:
+        # JWT needs discovery (network), so its verifier is built in serve(), before listening.
+        self._verifier_pending = verifier is None and self.config.jwt_enabled
+        if verifier is None and not self._verifier_pending:
+            if self.token is None:
                 # Never a well-known default: a fresh random token, printed by the CLI.
                 self.token = secrets.token_urlsafe(32)
-            verifier = BearerVerifier(self.token) if self.token else None
-        if verifier is None:
-            raise ValueError("JWT settings need a verifier; see datapulse.auth")
-        self.verifier = verifier
+            verifier = BearerVerifier(self.token)
+        self.verifier: Verifier = verifier or StartingVerifier()
         self.store = store or MemorySessionStore(
             self.config.replay_events, self.config.replay_bytes
         )
@@ -97,9 +100,14 @@ class Server:
             server_version=VERSION,
             max_concurrent_calls=self.config.max_calls_per_session,
             call_timeout_s=self.config.call_timeout_s,
+            max_depth=self.config.max_json_depth,
         )
         self.router = Router(self.verifier)
-        self.router.before.append(OriginGuard(self.config))
+        self.router.before.append(
+            OriginGuard(self.config, self.config.cors_origins, open_paths=PRM_PATHS)
+        )
+        self.auth = AuthRoutes(self)
+        self.auth.install(self.router)
         self.http = HTTPServer(self.router, self.config)
         self.http.on_shutdown.append(lambda: self.sessions.close_all_streams("shutdown"))
         self._install_routes()
@@ -138,14 +146,14 @@ class Server:
         ):
             self.router.add(method, "/mcp", handler)
         legacy = LegacySseTransport(self)
-        self.router.add("GET", "/sse", legacy.get_sse)
+        self.router.add("GET", "/sse", legacy.get_sse, ticket=True)
         # The endpoint event names /messages; the Python SDK's own servers use /messages/.
         self.router.add("POST", "/messages", legacy.post_message)
         self.router.add("POST", "/messages/", legacy.post_message)
         self.router.add("GET", "/ws", WebSocketTransport(self).upgrade)
         events = EventsTransport(self)
         self.router.add("GET", "/healthz", self._health, public=True)
-        self.router.add("GET", "/events", events.get_events)
+        self.router.add("GET", "/events", events.get_events, ticket=True)
         self.router.add("POST", "/message", events.post_message)
 
     async def _health(self, request: Request) -> Response:
@@ -168,9 +176,23 @@ class Server:
         """Begin a graceful stop; ``serve`` returns once streams are closed and requests done."""
         self.http.shutdown()
 
+    async def open_verifier(self) -> None:
+        """Build the configured JWT verifier (OIDC discovery); idempotent, called by ``serve``.
+
+        Raises ``AuthStartupError`` with an operator-readable reason. The CLI calls it before
+        opening any nursery so the error reaches it unwrapped.
+        """
+        if self._verifier_pending:
+            self.verifier = await open_configured_verifier(self.config, self.token)
+            self.router.verifier = self.verifier
+            self._verifier_pending = False
+
     async def serve(
         self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        await self.open_verifier()
+        # Inherited by every task spawned below: the batch limit parse_message applies.
+        MAX_BATCH_ITEMS.set(self.config.max_batch_items)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.sessions.run)
             # http.serve returns only after a graceful shutdown; the sessions (and their tool

@@ -343,3 +343,23 @@ async def test_slow_consumer_overflow_catches_up_from_the_log(nursery: trio.Nurs
                 await server.publish("o", {"n": i})
             got = [json.loads((await reader.next_data()).data or "")["n"] for _ in range(500)]
     assert got == list(range(500))
+
+
+async def test_a_failing_session_task_or_late_publish_never_takes_the_server_down(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    from datapulse.errors import SessionNotFound
+
+    async with client.stream("GET", "/events?session_id=late"):
+        pass
+    live = server.sessions._live["late"]
+
+    async def broken() -> None:
+        raise RuntimeError("bug in a session task")
+
+    server.sessions.spawn(live, broken)
+    await trio.sleep(0.05)
+    await server.sessions.close(live, "session_deleted")
+    with pytest.raises(SessionNotFound):
+        await server.sessions.publish(live, {"too": "late"})
+    assert (await client.get("/healthz")).status_code == 200

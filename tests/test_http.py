@@ -110,7 +110,8 @@ async def test_malformed_requests_get_400_json(server: Server, payload: bytes) -
 async def test_header_block_too_large_431(nursery: trio.Nursery) -> None:
     _, info = await start_server(nursery, max_header_bytes=1024)
     raw = await raw_exchange(
-        info.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n"
+        info.port,
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n",
     )
     assert status_of(raw) == 431
     assert body_of(raw)["error"] == "headers_too_large"
@@ -119,7 +120,9 @@ async def test_header_block_too_large_431(nursery: trio.Nursery) -> None:
 async def test_too_many_header_fields_431(nursery: trio.Nursery) -> None:
     _, info = await start_server(nursery, max_header_count=10)
     headers = b"".join(b"X-%d: v\r\n" % i for i in range(20))
-    raw = await raw_exchange(info.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n")
+    raw = await raw_exchange(
+        info.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n"
+    )
     assert status_of(raw) == 431
 
 

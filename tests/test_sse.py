@@ -63,7 +63,7 @@ def test_round_trip_through_our_parser_in_any_chunking(
     parser = SSEParser()
     got = []
     last = 0
-    for cut in sorted({c % (len(wire) + 1) for c in cuts}) + [len(wire)]:
+    for cut in [*sorted({c % (len(wire) + 1) for c in cuts}), len(wire)]:
         got.extend(parser.feed(wire[last:cut]))
         last = cut
     expected = [

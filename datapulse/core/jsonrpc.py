@@ -13,6 +13,7 @@ id when it could be read, because an error for a readable request must echo its 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -26,6 +27,18 @@ Params = dict[str, Any] | list[Any] | None
 # Deep enough for any real MCP message (the envelope uses 3 levels: message, params, arguments),
 # shallow enough that walking a hostile body stays cheap.
 DEFAULT_MAX_DEPTH: Final = 64
+
+# A batch fans out into that many concurrent requests; a few dozen is far more than any client
+# batches in practice, and the cap keeps one body from becoming thousands of tasks.
+DEFAULT_MAX_BATCH_ITEMS: Final = 50
+
+MAX_BATCH_ITEMS: ContextVar[int] = ContextVar(
+    "datapulse_max_batch_items", default=DEFAULT_MAX_BATCH_ITEMS
+)
+"""The batch limit ``parse_message`` applies when its caller passes none. ``Server.serve`` sets it
+from ``Config.max_batch_items`` in its own task; every task it spawns inherits the value (Trio
+copies the context into child tasks), so the transports need not thread it through each call and
+two servers in one process keep their own limits."""
 
 # orjson rejects non-str keys by default; JSON only has string keys, so stringify instead of
 # failing a whole response because a tool returned {1: "x"}.
@@ -171,6 +184,7 @@ def parse_message(
     *,
     allow_batch: bool = False,
     max_depth: int = DEFAULT_MAX_DEPTH,
+    max_batch_items: int | None = None,
 ) -> Message | list[BatchItem]:
     """Decode one JSON-RPC body.
 
@@ -178,7 +192,8 @@ def parse_message(
     messages or ``InvalidRequest`` instances for the malformed ones. Raises ``ParseError`` or
     ``InvalidRequest`` when the body as a whole is unusable; the body-level InvalidRequest of a
     batch always has ``request_id`` None. Batches are legal only in 2024-11-05/2025-03-26, so the
-    caller decides (see ``datapulse.core.mcp.batches_allowed``).
+    caller decides (see ``datapulse.core.mcp.batches_allowed``). A batch longer than
+    ``max_batch_items`` (default: ``MAX_BATCH_ITEMS``) is refused whole with InvalidRequest.
     """
     try:
         decoded = orjson.loads(data)
@@ -192,6 +207,9 @@ def parse_message(
         raise InvalidRequest("JSON-RPC batches are not accepted here")
     if not decoded:
         raise InvalidRequest("an empty batch is not a valid request")
+    limit = MAX_BATCH_ITEMS.get() if max_batch_items is None else max_batch_items
+    if len(decoded) > limit:
+        raise InvalidRequest(f"a batch of {len(decoded)} messages exceeds the limit of {limit}")
     items: list[BatchItem] = []
     for element in decoded:
         try:

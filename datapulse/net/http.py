@@ -65,15 +65,26 @@ class Request:
             http_version=http_version,
         )
 
+    def _header_map(self) -> dict[str, list[str]]:
+        # Built once per request on first use: a request is asked for a dozen headers (auth,
+        # Host, Origin, Accept, Content-Type, MCP's) and scanning the list each time adds up.
+        cached: dict[str, list[str]] | None = self.extra.get("_headers")
+        if cached is None:
+            cached = {}
+            for key, value in self.headers:
+                cached.setdefault(key.decode("latin-1"), []).append(value.decode("latin-1"))
+            self.extra["_headers"] = cached
+        return cached
+
     def header(self, name: str) -> str | None:
         """The value of a header (case-insensitive name); several fields are joined by ', '."""
-        wanted = name.lower().encode()
-        values = [v.decode("latin-1") for k, v in self.headers if k == wanted]
-        return ", ".join(values) if values else None
+        values = self._header_map().get(name.lower())
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else ", ".join(values)
 
     def header_values(self, name: str) -> list[str]:
-        wanted = name.lower().encode()
-        return [v.decode("latin-1").strip() for k, v in self.headers if k == wanted]
+        return [v.strip() for v in self._header_map().get(name.lower(), [])]
 
     def query_param(self, name: str) -> str | None:
         values = self.query.get(name)

@@ -3,8 +3,11 @@
 ``HTTPServer.serve`` binds, reports the bound address through ``task_status``, and runs one task
 per connection in its handler nursery. Over ``max_connections`` a new connection is answered 503
 with ``Retry-After`` and closed at once, so the limit costs the refused client one round trip,
-not a hung socket. ``shutdown()`` stops accepting, closes idle keep-alive connections and gives
-the rest ``shutdown_grace_s`` before cancelling them.
+not a hung socket. One client address may hold at most ``max_connections_per_ip`` of them; past
+that it is answered 429 the same way (its own doing, so not a 503 that blames the server).
+``shutdown()`` stops accepting, closes idle keep-alive connections, runs the ``on_shutdown``
+hooks (streams say goodbye once their calls are done) and gives the rest ``shutdown_grace_s``
+before cancelling them; ``serve`` returns as soon as the last connection is gone.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class HTTPServer:
         self.app = app
         self.config = config
         self.connections: set[HTTPConnection] = set()
+        self.per_address: dict[str, int] = {}
+        """Open connections per client address (what ``max_connections_per_ip`` counts)."""
         self._shutdown = trio.Event()
         self.shutting_down = False
         self.on_shutdown: list[Callable[[], None]] = []
@@ -58,28 +63,48 @@ class HTTPServer:
         """Begin a graceful stop (idempotent). ``serve`` returns when it is done."""
         self._shutdown.set()
 
+    @staticmethod
+    async def _refuse(stream: trio.SocketStream, status: int, detail: str) -> None:
+        """Answer before reading anything, then close: one round trip for the refused client."""
+        data = encode_raw_response(status, "too_many_connections", detail, [("Retry-After", "1")])
+        with (
+            trio.move_on_after(1),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await stream.send_all(data)
+        await trio.aclose_forcefully(stream)
+
     async def _handle(self, stream: trio.SocketStream) -> None:
-        if len(self.connections) >= self.config.max_connections:
-            log.warning("connection limit (%d) reached; refusing", self.config.max_connections)
-            data = encode_raw_response(
-                503,
-                "too_many_connections",
-                "server is at its connection limit",
-                [("Retry-After", "1")],
-            )
-            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
-                await stream.send_all(data)
-            await trio.aclose_forcefully(stream)
+        cfg = self.config
+        peer = _peer(stream)
+        address = peer[0] if peer else "-"
+        if len(self.connections) >= cfg.max_connections:
+            log.warning("connection limit (%d) reached; refusing", cfg.max_connections)
+            await self._refuse(stream, 503, "server is at its connection limit")
             return
-        await serve_connection(
-            stream,
-            self.app,
-            self.config,
-            _peer(stream),
-            lambda: self.shutting_down,
-            self.connections.add,
-            self.connections.discard,
-        )
+        open_here = self.per_address.get(address, 0)
+        if open_here >= cfg.max_connections_per_ip:
+            log.warning("%s holds %d connections (limit per address); refusing", address, open_here)
+            await self._refuse(stream, 429, "too many open connections from your address")
+            return
+        # No checkpoint between the checks and these counts: accepts cannot race past a limit.
+        self.per_address[address] = open_here + 1
+        try:
+            await serve_connection(
+                stream,
+                self.app,
+                self.config,
+                peer,
+                lambda: self.shutting_down,
+                self.connections.add,
+                self.connections.discard,
+            )
+        finally:
+            left = self.per_address[address] - 1
+            if left:
+                self.per_address[address] = left
+            else:
+                del self.per_address[address]
 
     async def serve(
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED

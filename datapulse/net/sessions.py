@@ -13,6 +13,11 @@ Ownership, from the top:
   never blocked by anybody's slow socket, and memory per session is bounded by configuration.
 * At most one stream per session: a second GET supersedes the first, whose channel is closed
   with a reason so it can say goodbye (``event: close``) before ending.
+* Limits: ``max_sessions`` in all (503) and ``max_sessions_per_principal`` per owner (429), both
+  checked when a session is created.
+* Shutdown drains: ``close_all_streams`` closes at once the streams of sessions with no call in
+  flight; a session that is still running calls keeps its stream until the last one ends, so
+  results finished within the grace period are delivered before ``event: close``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import trio
 from datapulse.config import Config
 from datapulse.core.eventlog import LoggedEvent
 from datapulse.core.session import SessionRecord, new_session_id
-from datapulse.errors import ServiceUnavailable, SessionNotFound
+from datapulse.errors import ServiceUnavailable, SessionNotFound, TooManyRequests
 from datapulse.store import SessionStore
 
 log = logging.getLogger("datapulse.sessions")
@@ -54,6 +59,8 @@ class LiveSession:
     closed: trio.Event = field(default_factory=trio.Event)
     state: dict[str, Any] = field(default_factory=dict)
     """Transport-specific state (e.g. the MCP protocol session) keyed by transport."""
+    running: int = 0
+    """Tasks started by ``SessionManager.spawn`` that have not finished (tool calls in flight)."""
 
     @property
     def id(self) -> str:
@@ -65,14 +72,21 @@ class SessionManager:
         self.config = config
         self.store = store
         self._live: dict[str, LiveSession] = {}
+        self._owned: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self.on_close: list[Callable[[LiveSession, str], None]] = []
+        self.draining: str | None = None
+        """Set by ``close_all_streams``: the reason streams are told once their calls are done."""
 
     def __len__(self) -> int:
         return len(self._live)
 
     def live_sessions(self) -> list[LiveSession]:
         return list(self._live.values())
+
+    def owned_by(self, owner: str) -> int:
+        """How many live sessions ``owner`` holds (what ``max_sessions_per_principal`` counts)."""
+        return self._owned.get(owner, 0)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -106,6 +120,13 @@ class SessionManager:
             raise ServiceUnavailable(
                 f"session limit reached ({self.config.max_sessions})", retry_after_s=5
             )
+        owned = self._owned.get(owner, 0)
+        if owned >= self.config.max_sessions_per_principal:
+            raise TooManyRequests(
+                f"session limit per principal reached ({self.config.max_sessions_per_principal});"
+                " close or let expire an older session",
+                retry_after_s=5,
+            )
         now = trio.current_time()
         record = SessionRecord(
             id=session_id or new_session_id(),
@@ -115,7 +136,13 @@ class SessionManager:
             last_active=now,
             ttl_s=self.config.session_ttl_s,
         )
-        await self.store.create(record)
+        # Counted before the first await, so concurrent creates cannot both squeeze past the limit.
+        self._owned[owner] = owned + 1
+        try:
+            await self.store.create(record)
+        except BaseException:
+            self._release(owner)
+            raise
         live = LiveSession(record)
         self._live[record.id] = live
         await self._nursery.start(self._session_task, live)
@@ -149,8 +176,16 @@ class SessionManager:
             await self.store.delete(live.id)
             log.info("session %s closed (%s)", live.id, reason)
 
+    def _release(self, owner: str) -> None:
+        left = self._owned.get(owner, 0) - 1
+        if left > 0:
+            self._owned[owner] = left
+        else:
+            self._owned.pop(owner, None)
+
     def _end_locally(self, live: LiveSession, reason: str) -> None:
-        self._live.pop(live.id, None)
+        if self._live.pop(live.id, None) is live:
+            self._release(live.record.owner)
         if live.attachment is not None:
             self._close_attachment(live.attachment, reason)
         live.closed.set()
@@ -176,7 +211,31 @@ class SessionManager:
         """Run ``fn(*args)`` as one of the session's tasks (cancelled when the session ends)."""
         if live.nursery is None:
             raise SessionNotFound(f"session {live.id} has ended")
-        live.nursery.start_soon(fn, *args)
+        # Counted here, not in the task, so a shutdown between now and the task's first step
+        # still sees the call as in flight.
+        live.running += 1
+        try:
+            live.nursery.start_soon(self._run_task, live, fn, args)
+        except BaseException:
+            live.running -= 1
+            raise
+
+    async def _run_task(
+        self, live: LiveSession, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            await fn(*args)
+        except SessionNotFound:
+            pass  # the session ended while the call ran; there is nobody left to tell
+        except Exception:
+            # A session task must never take the session manager (and the server) down with it.
+            log.exception("task in session %s failed", live.id)
+        finally:
+            live.running -= 1
+            if live.running == 0 and self.draining is not None and live.attachment is not None:
+                # The last call of a draining session is done (its result is in the channel,
+                # ahead of the end-of-channel): now the stream may say goodbye.
+                self._close_attachment(live.attachment, self.draining)
 
     # -- events --------------------------------------------------------------------------------
 
@@ -185,6 +244,8 @@ class SessionManager:
 
         ``data`` is JSON-encoded unless it is already a ``str``. Never blocks on a client.
         """
+        if self._live.get(live.id) is not live:
+            raise SessionNotFound(f"session {live.id} has ended")
         text = data if isinstance(data, str) else orjson.dumps(data).decode()
         logged = await self.store.append(live.id, text, event)
         attachment = live.attachment
@@ -204,6 +265,9 @@ class SessionManager:
             self._close_attachment(live.attachment, "superseded")
         send, receive = trio.open_memory_channel[LoggedEvent](self.config.stream_queue_events)
         live.attachment = Attachment(send, receive)
+        if self.draining is not None and live.running == 0:
+            # Opened during shutdown with nothing in flight: replay, then goodbye at once.
+            self._close_attachment(live.attachment, self.draining)
         return live.attachment
 
     def detach(self, live: LiveSession, attachment: Attachment) -> None:
@@ -220,7 +284,13 @@ class SessionManager:
         attachment.send.close()
 
     def close_all_streams(self, reason: str) -> None:
-        """Ask every attached stream to finish (used at shutdown)."""
+        """Ask every attached stream to finish (used at shutdown).
+
+        A stream whose session has calls in flight is left open until the last of them ends
+        (``_run_task``), so their results still reach the client; the caller bounds how long
+        that may take (the HTTP server cancels every connection after ``shutdown_grace_s``).
+        """
+        self.draining = reason
         for live in self._live.values():
-            if live.attachment is not None:
+            if live.attachment is not None and live.running == 0:
                 self._close_attachment(live.attachment, reason)

@@ -15,6 +15,13 @@ How it ends:
 
 Control events (close/error) carry no ``id`` on purpose: the client's Last-Event-ID must keep
 pointing at the last *data* event so a reconnect resumes in the right place.
+
+Memory: besides the session's log, a stream holds at most its channel (``stream_queue_events``
+references, normally to events the log still holds) and one page of ``CATCH_UP_PAGE`` events
+while it replays. A backlog is read a page at a time, so a stream writing slowly cannot pin
+events the log has already evicted; if the log moves past it meanwhile, it is lagging.
+Each write is bounded by ``write_timeout_s`` in the connection: a peer that stops reading
+is dropped, and what it missed stays replayable.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ def control_comment(event: str, **fields: object) -> bytes:
     return encode_comment(f"{event} {orjson.dumps(fields).decode()}")
 
 
+CATCH_UP_PAGE = 64
+"""Events fetched from the log per round while replaying or catching up."""
+
+
 class _Lagging(Exception):
     pass
 
@@ -78,10 +89,18 @@ class SessionStream:
         self.attachment.sent_seq = event.seq
         await self.manager.store.mark_delivered(self.live.id, event.seq)
 
+    async def _page(self, after: int) -> list[LoggedEvent]:
+        # Slice at once: the rest of the list must not keep evicted events alive while we write.
+        return (await self.manager.store.events_after(self.live.id, after))[:CATCH_UP_PAGE]
+
     async def catch_up(self, after: int, *, tolerate_gap: bool) -> None:
-        store = self.manager.store
+        """Send what the log holds after ``after``, a page at a time.
+
+        A gap at the start is reported (``replay_gone``) when ``tolerate_gap`` (a client
+        resuming), else the stream is lagging; a gap opening while we write is always lagging.
+        """
         try:
-            backlog = await store.events_after(self.live.id, after)
+            page = await self._page(after)
         except ReplayGone as gone:
             if not tolerate_gap:
                 raise _Lagging from None
@@ -94,10 +113,17 @@ class SessionStream:
                     oldest=str(gone.oldest),
                 )
             )
-            backlog = await store.events_after(self.live.id, gone.oldest - 1)
+            page = await self._page(gone.oldest - 1)
         self.attachment.sent_seq = max(self.attachment.sent_seq, after)
-        for event in backlog:
-            await self.send_event(event)
+        while page:
+            for event in page:
+                await self.send_event(event)
+            if len(page) < CATCH_UP_PAGE:
+                return
+            try:
+                page = await self._page(self.attachment.sent_seq)
+            except ReplayGone:
+                raise _Lagging from None
 
     def _drain_channel(self) -> None:
         while True:
