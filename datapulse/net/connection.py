@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -106,6 +107,53 @@ class _ReplayStream(trio.abc.Stream):
         await self._inner.aclose()
 
 
+class _BodyWriter:
+    """Writes a streamed body: ``await writer(chunk)``, or ``writer.write_now(chunk)`` from
+    another task when nothing else is being written (the shared pinger uses it so an idle
+    stream's task need not even wake up for a ping).
+
+    HTTP/1.1 bodies are chunked, framed here by hand: h11's chunked writer keeps no state, so
+    this is equivalent and skips building and validating an event per write. HTTP/1.0 bodies are
+    delimited by closing the connection and go through h11 unchanged.
+    """
+
+    def __init__(self, connection: HTTPConnection) -> None:
+        self._connection = connection
+        self._chunked = connection.conn.their_http_version == b"1.1"
+        self._busy = False
+        self._pending = b""
+
+    def _frame(self, chunk: bytes) -> bytes:
+        if self._chunked:
+            return b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        return self._connection.conn.send(h11.Data(data=chunk)) or b""
+
+    async def __call__(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        data = self._pending + self._frame(chunk)
+        self._pending = b""
+        self._busy = True
+        try:
+            await self._connection._send_bytes(data)
+        finally:
+            self._busy = False
+
+    def write_now(self, chunk: bytes) -> bool:
+        """Write without waiting if the socket takes it now; False if the caller must await."""
+        fd = self._connection._fd
+        if self._busy or fd < 0:
+            return False
+        data = self._pending + self._frame(chunk)
+        try:
+            sent = os.write(fd, data)
+        except OSError:  # would block, or the peer is gone: let the awaiting path find out
+            return False
+        # A partial write leaves the rest for the next write, which always sends it first.
+        self._pending = data[sent:]
+        return True
+
+
 class _ClientGone(Exception):
     """The peer closed its side; nothing more can be written usefully."""
 
@@ -129,10 +177,26 @@ class HTTPConnection:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
         # Cancelled by the server at shutdown while we wait for a next request (idle keep-alive).
         self.idle_scope: trio.CancelScope | None = None
+        socket = getattr(stream, "socket", None)
+        self._fd: int = socket.fileno() if socket is not None else -1
 
     # -- writing ---------------------------------------------------------------------------
 
     async def _send_bytes(self, data: bytes) -> None:
+        # Fast path: almost every write fits in the socket's send buffer, so try it without
+        # blocking first. This skips a CancelScope (the write timeout) and trio's send machinery
+        # per write, which is most of the cost of a ping or a small event. Only this task writes
+        # to the connection, so bypassing trio's own conflict detection is safe.
+        if self._fd >= 0:
+            try:
+                sent = os.write(self._fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                raise _ClientGone from None
+            if sent == len(data):
+                return
+            data = data[sent:]
         try:
             with trio.fail_after(self.config.write_timeout_s):
                 await self.stream.send_all(data)
@@ -276,8 +340,22 @@ class HTTPConnection:
         completed = False
         upgrade: Upgrade | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_disconnect, nursery.cancel_scope)
-            request.task_nursery = nursery
+            # The disconnect watcher is started only for work that can outlive a quick answer:
+            # a streamed body, or a task the handler starts for this request. A plain request
+            # and response (most RPCs) skips spawning it and cancelling it again.
+            watching = False
+
+            def watch() -> None:
+                nonlocal watching
+                if not watching:
+                    watching = True
+                    nursery.start_soon(self._watch_disconnect, nursery.cancel_scope)
+
+            def start_task(fn: Callable[..., Awaitable[object]], *args: object) -> None:
+                watch()
+                nursery.start_soon(fn, *args)
+
+            request.start_task = start_task
             try:
                 response = await self.app(request)
                 if isinstance(response, Upgrade):
@@ -285,6 +363,7 @@ class HTTPConnection:
                 elif isinstance(response, Response):
                     await self._write_response(response, head_only)
                 else:
+                    watch()
                     await self._write_stream(response, head_only)
                 completed = True
             except _ClientGone:
@@ -293,9 +372,10 @@ class HTTPConnection:
                 # The app turns its errors into responses; reaching here is a bug in a stream
                 # body after its headers were sent. Nothing valid can follow: log and close.
                 log.exception("response to %s %s failed", request.method, request.path)
-            # Stops the watcher too; a cancelled receive_some consumes no bytes, so nothing the
-            # client sent is lost to an upgrade.
-            nursery.cancel_scope.cancel()
+            # Stops the watcher and the request's tasks; a cancelled receive_some consumes no
+            # bytes, so nothing the client sent is lost to an upgrade or the next request.
+            if watching:
+                nursery.cancel_scope.cancel()
         if upgrade is not None and completed:
             await upgrade.run(
                 _ReplayStream(_request_head(request) + self.conn.trailing_data[0], self.stream)
@@ -319,12 +399,10 @@ class HTTPConnection:
         headers = self._response_headers(response.headers)
         await self._send(_response_head(response.status, headers))
         if not head_only:
-
-            async def write(chunk: bytes) -> None:
-                if chunk:
-                    await self._send_bytes(self.conn.send(h11.Data(data=chunk)) or b"")
-
-            await response.body(write)
+            writer = _BodyWriter(self)
+            await response.body(writer)
+            if writer._pending:  # the tail of a partial write_now
+                await self._send_bytes(writer._pending)
         await self._send(h11.EndOfMessage())
 
     async def run(self) -> None:

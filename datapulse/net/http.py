@@ -39,9 +39,9 @@ class Request:
     http_version: str = "1.1"
     # Filled in by the router after authentication.
     principal: Any = None
-    # A nursery whose tasks end with this request: cancelled when the client disconnects or once
-    # the response is complete. Set by the connection before the app runs.
-    task_nursery: Any = None
+    # ``start_task(fn, *args)``: run fn for this request; it is cancelled when the client
+    # disconnects or once the response is complete. Set by the connection.
+    start_task: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

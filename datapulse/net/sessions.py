@@ -34,6 +34,7 @@ from datapulse.config import Config
 from datapulse.core.eventlog import LoggedEvent
 from datapulse.core.session import SessionRecord, new_session_id
 from datapulse.errors import ServiceUnavailable, SessionNotFound, TooManyRequests
+from datapulse.net.pinger import PING_DUE, Pinger
 from datapulse.store import SessionStore
 
 log = logging.getLogger("datapulse.sessions")
@@ -48,6 +49,20 @@ class Attachment:
     overflowed: bool = False
     close_reason: str | None = None
     sent_seq: int = 0
+
+    ping_now: Callable[[], bool] | None = None
+    """Set by the stream: write a ping at once if the socket takes it (True), without waking
+    the stream's task."""
+
+    def ping_due(self) -> None:
+        """Called by the Pinger: write a keep-alive now if possible, else ask the stream's task
+        to (skipped when its channel is full: a busy stream is not idle)."""
+        if self.ping_now is not None and self.ping_now():
+            return
+        try:  # noqa: SIM105 - try/except is cheaper than suppress() on this hot path
+            self.send.send_nowait(PING_DUE)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
 
 @dataclass(eq=False)
@@ -77,6 +92,7 @@ class SessionManager:
         self.on_close: list[Callable[[LiveSession, str], None]] = []
         self.draining: str | None = None
         """Set by ``close_all_streams``: the reason streams are told once their calls are done."""
+        self.pinger = Pinger(config.ping_interval_s)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -94,6 +110,7 @@ class SessionManager:
         """Own every session's task and sweep expired sessions until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self.pinger.run)
             task_status.started()
             try:
                 while True:
@@ -271,6 +288,7 @@ class SessionManager:
         return live.attachment
 
     def detach(self, live: LiveSession, attachment: Attachment) -> None:
+        self.pinger.forget(attachment)
         if live.attachment is attachment:
             live.attachment = None
             live.record.touch(trio.current_time())

@@ -35,6 +35,7 @@ import trio
 from datapulse.core.eventlog import LoggedEvent, ReplayGone, ReplayLog
 from datapulse.core.sse import PING, encode_comment, encode_data, encode_retry
 from datapulse.net.http import BodyWriter
+from datapulse.net.pinger import PING_DUE
 from datapulse.net.sessions import Attachment, LiveSession, SessionManager
 
 log = logging.getLogger("datapulse.stream")
@@ -77,7 +78,19 @@ class SessionStream:
         self.control = control
         self.manager = manager
         self.live = live
-        self.write = write
+        pinger = manager.pinger
+
+        async def write_and_touch(data: bytes) -> None:
+            await write(data)
+            pinger.touch(attachment)  # idle again from now: the next ping is due one interval on
+
+        self.write = write_and_touch
+        pinger.touch(attachment)  # the retry hint was just written: idle from now
+        self.idle = False
+        write_now = getattr(write, "write_now", None)
+        if write_now is not None:
+            # Only while the task waits on its channel: then nothing else is being written.
+            attachment.ping_now = lambda: self.idle and bool(write_now(PING))
         self.attachment = attachment
         self.ping_interval_s = ping_interval_s
 
@@ -167,14 +180,18 @@ class SessionStream:
                 self.attachment.overflowed = False
                 self._drain_channel()
                 await self.catch_up(self.attachment.sent_seq, tolerate_gap=False)
-            with trio.move_on_after(self.ping_interval_s) as idle:
-                try:
-                    event = await receive.receive()
-                except (trio.EndOfChannel, trio.ClosedResourceError):
-                    reason = self.attachment.close_reason or "closed"
-                    await self.write(self.control("close", reason=reason))
-                    return
-            if idle.cancelled_caught:
+            # No timeout here: the manager's Pinger puts PING_DUE in the channel when this
+            # stream has been idle for the ping interval (see net/pinger.py for why).
+            self.idle = True
+            try:
+                event = await receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                self.idle = False
+                reason = self.attachment.close_reason or "closed"
+                await self.write(self.control("close", reason=reason))
+                return
+            self.idle = False
+            if event is PING_DUE:
                 await self.write(PING)
                 continue
             await self.send_event(event)

@@ -341,7 +341,7 @@ class StreamableTransport:
                 buffer.finish()
 
         # The connection's task nursery: a closed response cancels the call (2026-07-28 rule).
-        request.task_nursery.start_soon(run)
+        request.start_task(run)
         with trio.move_on_after(JSON_WAIT_S):
             await buffer.wait_for(1)
         if buffer.done and buffer.count <= 1:
