@@ -1,7 +1,8 @@
 """SessionManager: the live side of sessions (channels, attached streams, tool tasks, expiry).
 
 Ownership, from the top:
-* ``SessionManager.run`` owns a nursery. Each session gets one task there (``_session_task``)
+* ``SessionManager.run`` owns a nursery. A session gets one task there (``_session_task``, started
+  with its first tool call)
   whose own nursery runs that session's tool calls, so a tool outlives the HTTP request that
   started it (a ``/message`` POST answers 202 at once) but not its session: expiring or deleting
   a session cancels its scope and with it every call still running.
@@ -76,6 +77,11 @@ class LiveSession:
     """Transport-specific state (e.g. the MCP protocol session) keyed by transport."""
     running: int = 0
     """Tasks started by ``SessionManager.spawn`` that have not finished (tool calls in flight)."""
+    pending: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = field(
+        default_factory=list
+    )
+    """Spawned before the session's task was running; it starts them first."""
+    task_started: bool = False
 
     @property
     def id(self) -> str:
@@ -121,11 +127,15 @@ class SessionManager:
                 for live in list(self._live.values()):
                     self._end_locally(live, "shutdown")
 
-    async def _session_task(self, live: LiveSession, *, task_status: trio.TaskStatus[None]) -> None:
+    async def _session_task(self, live: LiveSession) -> None:
+        """The session's own task, started with its first tool call (most sessions, e.g. a
+        stream only fed by ``publish``, never need one: an idle task per stream costs memory)."""
         with live.cancel_scope:
             async with trio.open_nursery() as nursery:
                 live.nursery = nursery
-                task_status.started()
+                for fn, args in live.pending:
+                    nursery.start_soon(self._run_task, live, fn, args)
+                live.pending.clear()
                 await live.closed.wait()
                 nursery.cancel_scope.cancel()
         live.nursery = None
@@ -162,7 +172,6 @@ class SessionManager:
             raise
         live = LiveSession(record)
         self._live[record.id] = live
-        await self._nursery.start(self._session_task, live)
         log.info("session %s created (%s)", record.id, kind)
         return live
 
@@ -226,16 +235,18 @@ class SessionManager:
 
     def spawn(self, live: LiveSession, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` as one of the session's tasks (cancelled when the session ends)."""
-        if live.nursery is None:
+        if live.closed.is_set() or self._nursery is None:
             raise SessionNotFound(f"session {live.id} has ended")
         # Counted here, not in the task, so a shutdown between now and the task's first step
         # still sees the call as in flight.
         live.running += 1
-        try:
+        if live.nursery is not None:
             live.nursery.start_soon(self._run_task, live, fn, args)
-        except BaseException:
-            live.running -= 1
-            raise
+            return
+        live.pending.append((fn, args))
+        if not live.task_started:
+            live.task_started = True
+            self._nursery.start_soon(self._session_task, live)
 
     async def _run_task(
         self, live: LiveSession, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
