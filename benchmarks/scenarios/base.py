@@ -148,6 +148,14 @@ def client_cpu(reports: list[dict[str, Any]]) -> dict[str, float | None]:
     }
 
 
+def put_cpu_figures(put: Any, row: dict[str, Any]) -> None:
+    """Record the CPU figures every scenario reports, so client or machine saturation shows."""
+    put("server_cpu_pct", row["server_cpu_pct"], "% of a core", "")
+    put("client_cpu_pct", row["client_cpu_pct"], "% of a core", "")
+    put("client_cpu_max_worker_pct", row["client_cpu_max_worker_pct"], "% of a core", "")
+    put("machine_busy_pct", row["machine_busy_pct"], "% of all cores", "")
+
+
 def cpu_line(row: dict[str, Any]) -> str:
     return (
         f"cpu: server {fmt(row.get('server_cpu_pct'), '.0f')}%  client "

@@ -28,6 +28,7 @@ from benchmarks.scenarios.base import (
     latency_summary,
     merge_counts,
     merged,
+    put_cpu_figures,
     split,
 )
 from benchmarks.servers import ServerSpec, run_server
@@ -137,10 +138,7 @@ async def run_trial(
     for q in ("p50", "p90", "p99", "max"):
         put(f"latency_ms_{q}", latency[q], "ms", "lower")
     put("delivered_pct", row["delivered_pct"], "%", "higher")
-    put("server_cpu_pct", row["server_cpu_pct"], "% of a core")
-    put("client_cpu_pct", row["client_cpu_pct"], "% of a core")
-    put("client_cpu_max_worker_pct", row["client_cpu_max_worker_pct"], "% of a core")
-    put("machine_busy_pct", row["machine_busy_pct"], "% of all cores")
+    put_cpu_figures(put, row)
     ctx.say(
         f"{p.param} opened {opened}  {fmt(row['events_per_s'], '.0f')} events/s  latency p50 "
         f"{fmt(latency['p50'])} p90 {fmt(latency['p90'])} p99 {fmt(latency['p99'])} max "

@@ -29,6 +29,7 @@ from benchmarks.scenarios.base import (
     fmt,
     merge_counts,
     merged,
+    put_cpu_figures,
     split,
 )
 from benchmarks.servers import ServerSpec, run_server
@@ -154,10 +155,7 @@ def _record(ctx: Context, server: str, kind: str, round_index: int, row: dict[st
     put("open_total_s", row["open_total_s"], "s", "lower")
     put("failed", row["failed"], "streams", "lower")
     put("live_streams", row["live"], "streams", "higher")
-    put("server_cpu_pct", row["server_cpu_pct"], "% of a core", "")
-    put("client_cpu_pct", row["client_cpu_pct"], "% of a core", "")
-    put("client_cpu_max_worker_pct", row["client_cpu_max_worker_pct"], "% of a core", "")
-    put("machine_busy_pct", row["machine_busy_pct"], "% of all cores", "")
+    put_cpu_figures(put, row)
 
 
 def describe(p: Params) -> dict[str, Any]:

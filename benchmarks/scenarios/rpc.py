@@ -28,6 +28,7 @@ from benchmarks.scenarios.base import (
     latency_summary,
     merge_counts,
     merged,
+    put_cpu_figures,
     split,
 )
 from benchmarks.servers import ServerSpec, run_server
@@ -122,10 +123,7 @@ async def run_trial(
     put("requests_per_s", row["requests_per_s"], "req/s", "higher")
     put("latency_ms_p50", latency["p50"], "ms", "lower")
     put("latency_ms_p99", latency["p99"], "ms", "lower")
-    put("server_cpu_pct", row["server_cpu_pct"], "% of a core")
-    put("client_cpu_pct", row["client_cpu_pct"], "% of a core")
-    put("client_cpu_max_worker_pct", row["client_cpu_max_worker_pct"], "% of a core")
-    put("machine_busy_pct", row["machine_busy_pct"], "% of all cores")
+    put_cpu_figures(put, row)
     ctx.say(
         f"C={p.clients} ready {row['clients_ready']}  {row['requests_per_s']:.0f} req/s  p50 "
         f"{fmt(latency['p50'], '.2f')} p99 {fmt(latency['p99'], '.2f')} ms  errors "

@@ -26,6 +26,7 @@ from benchmarks.scenarios.base import (
     cpu_line,
     fmt,
     merge_counts,
+    put_cpu_figures,
     split,
 )
 from benchmarks.servers import ServerSpec, run_server
@@ -162,10 +163,7 @@ async def run_trial(
     put("accepted_per_s", row["accepted_per_s"], "events/s", "higher")
     put("received", row["received"], "events", "")
     put("streams_cut", row["streams_cut"], "streams", "")
-    put("server_cpu_pct", row["server_cpu_pct"], "% of a core")
-    put("client_cpu_pct", row["client_cpu_pct"], "% of a core")
-    put("client_cpu_max_worker_pct", row["client_cpu_max_worker_pct"], "% of a core")
-    put("machine_busy_pct", row["machine_busy_pct"], "% of all cores")
+    put_cpu_figures(put, row)
     ctx.say(
         f"{p.param} opened {row['opened']}  accepted {accepted} "
         f"({fmt(row['accepted_per_s'], '.0f')}/s)  errors {row['send_errors'] or 0}  RSS peak "
