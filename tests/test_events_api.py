@@ -363,3 +363,28 @@ async def test_a_failing_session_task_or_late_publish_never_takes_the_server_dow
     with pytest.raises(SessionNotFound):
         await server.sessions.publish(live, {"too": "late"})
     assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_post_stream_replays_what_is_held_after_a_gap_and_still_delivers_the_reply() -> None:
+    """A reader of a request's SSE reply that fell behind the bounded log is told what is gone
+    and still gets the reply (the newest message, which the log always keeps)."""
+    from datapulse.core.sse import SSEParser
+    from datapulse.net.streaming import MessageBuffer
+
+    buffer = MessageBuffer(7, max_events=3, max_bytes=10_000)
+    for i in range(10):
+        await buffer.push(b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"n":%d}}' % i)
+    await buffer.push(b'{"jsonrpc":"2.0","id":1,"result":{}}')
+    buffer.finish()
+    written = b""
+
+    async def write(data: bytes) -> None:
+        nonlocal written
+        written += data
+
+    with trio.fail_after(2):
+        await buffer.write_to(write, after=0, ping_interval_s=5)
+    assert b": error" in written and b"replay_gone" in written
+    events = SSEParser().feed(written)
+    assert [e.id for e in events] == ["7-9", "7-10", "7-11"]
+    assert events[-1].data == '{"jsonrpc":"2.0","id":1,"result":{}}'

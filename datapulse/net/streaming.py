@@ -266,8 +266,11 @@ class MessageBuffer:
             try:
                 pending = self.log.events_after(sent)
             except ReplayGone as gone:
+                # Say what was lost, then go on with what is held: the reply is the newest
+                # message, and the log always keeps the newest, so the request still completes.
                 await write(control_comment("error", error="replay_gone", detail=str(gone)))
-                return
+                sent = gone.oldest - 1
+                continue
             for event in pending:
                 await write(event.wire)
                 sent = event.seq
