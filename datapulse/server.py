@@ -35,7 +35,7 @@ from datapulse.net.sessions import SessionManager
 from datapulse.store import MemorySessionStore, SessionStore
 from datapulse.tools.builtin import register_builtins
 from datapulse.tools.fetch import FetchPolicy
-from datapulse.tools.registry import ToolContext, ToolRegistry
+from datapulse.tools.registry import ToolRegistry
 from datapulse.transports.auth_routes import PRM_PATHS, AuthRoutes
 from datapulse.transports.events import EventsTransport
 from datapulse.transports.guard import OriginGuard
@@ -159,14 +159,10 @@ class Server:
     async def _health(self, request: Request) -> Response:
         return json_response(200, {"status": "ok", "sessions": len(self.sessions)})
 
-    async def call_tool(self, name: str, arguments: Any, context: ToolContext) -> Any:
-        """Every transport's way into a tool: validation, then the handler."""
-        return await self.registry.call(name, arguments, context)
-
     async def publish(self, session_id: str, data: Any, *, event: str | None = None) -> str:
         """Push an event into a live session's stream (under the same bounds and replay rules
         as tool results). Returns the event id. Raises SessionNotFound for an unknown session."""
-        live = next((s for s in self.sessions.live_sessions() if s.id == session_id), None)
+        live = self.sessions.lookup(session_id)
         if live is None:
             raise SessionNotFound(f"unknown session: {session_id}")
         logged: LoggedEvent = await self.sessions.publish(live, data, event)

@@ -106,6 +106,10 @@ class SessionManager:
     def live_sessions(self) -> list[LiveSession]:
         return list(self._live.values())
 
+    def lookup(self, session_id: str) -> LiveSession | None:
+        """The live session with this id, whoever owns it (for the host program, not clients)."""
+        return self._live.get(session_id)
+
     def owned_by(self, owner: str) -> int:
         """How many live sessions ``owner`` holds (what ``max_sessions_per_principal`` counts)."""
         return self._owned.get(owner, 0)
