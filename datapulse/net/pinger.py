@@ -5,17 +5,20 @@ own timeout (``move_on_after`` around its channel receive) costs a cancellation 
 deadline fires, ``Cancelled`` unwinds the stream's stack, a new scope is entered. Profiling idle
 streams showed that machinery, not the write, was most of the CPU spent on pings.
 
-Instead every stream reports each write here (``touch``), and one task keeps the streams in an
-``OrderedDict`` ordered by when they last wrote. Since the interval is the same for all, that is
-also the order in which pings fall due, so the task only ever looks at the front: it sleeps until
-the oldest stream is due, hands it a ``PING_DUE`` item through the stream's own channel (the
-stream wakes as for any event and writes the pre-encoded ping), and moves it to the back. Each
-write costs an O(1) ``move_to_end``; each ping one ``send_nowait``; no per-stream timers exist.
+Instead every stream reports each write here (``touch``), and one task keeps a heap of due times
+(entries made stale by a later write are skipped when they surface). It sleeps until the earliest
+stream is due, writes the pre-framed ping straight to that stream's socket when nothing else is
+being written there (else hands it a ``PING_DUE`` item through the stream's own channel), and
+schedules the next ping one interval after the *due* time, not after the moment it got round to
+it: when many pings fall due together, working through them takes a while, and re-arming from
+"now" would carry that delay into every later interval. Each write costs one ``heappush``; no
+per-stream timers exist.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import heapq
+import itertools
 from typing import Protocol
 
 import trio
@@ -26,6 +29,10 @@ from datapulse.core.sse import PING
 PING_DUE = LoggedEvent(seq=-1, wire=PING)
 """The channel item that tells a stream to write a ping (never logged, never counted)."""
 
+YIELD_EVERY = 256
+"""Pings written per pass before letting other tasks run (a burst of due pings must not stall
+request handling)."""
+
 
 class Pingable(Protocol):
     def ping_due(self) -> None: ...
@@ -34,36 +41,58 @@ class Pingable(Protocol):
 class Pinger:
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self._due: OrderedDict[Pingable, float] = OrderedDict()
+        self._due: dict[Pingable, float] = {}
+        self._heap: list[tuple[float, int, Pingable]] = []
+        self._order = itertools.count()  # tie-breaker: streams themselves are not comparable
         self._wake = trio.Event()
+        self._pinged = 0
 
     def __len__(self) -> int:
         return len(self._due)
 
+    def _schedule(self, stream: Pingable, due: float) -> None:
+        self._due[stream] = due
+        heapq.heappush(self._heap, (due, next(self._order), stream))
+
     def touch(self, stream: Pingable) -> None:
-        """``stream`` just wrote: its next ping is due one interval from now."""
-        self._due[stream] = trio.current_time() + self.interval_s
-        self._due.move_to_end(stream)
-        if len(self._due) == 1:
+        """``stream`` just wrote: its next ping is due one interval from now.
+
+        A busy stream writes far more often than it needs pings, so a due time less than an
+        eighth of an interval old is kept (the ping then comes at most that much early, which is
+        harmless for a keep-alive). That bounds the heap to about eight entries per stream per
+        interval, however fast events flow.
+        """
+        due = trio.current_time() + self.interval_s
+        current = self._due.get(stream)
+        if current is not None and due - current < self.interval_s / 8:
+            return
+        self._schedule(stream, due)
+        if len(self._heap) == 1:
             self._wake.set()
 
     def forget(self, stream: Pingable) -> None:
-        self._due.pop(stream, None)
+        self._due.pop(stream, None)  # its heap entries are skipped as stale
 
     async def run(self) -> None:
+        heap = self._heap
         while True:
-            if not self._due:
+            if not heap:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            stream, due = next(iter(self._due.items()))
+            due, _, stream = heap[0]
+            if self._due.get(stream) != due:
+                heapq.heappop(heap)  # stale: the stream wrote since, or is gone
+                continue
             now = trio.current_time()
             if due > now:
                 await trio.sleep_until(due)
                 continue
-            # Due: re-arm first (a stream that is too busy to take the ping is, by definition,
-            # not idle), then poke it. Everything due at once is handled in this one pass.
-            self._due[stream] = now + self.interval_s
-            self._due.move_to_end(stream)
+            heapq.heappop(heap)
+            # A fixed cadence from the due time; if we fell a whole interval behind, from now.
+            next_due = due + self.interval_s
+            self._schedule(stream, next_due if next_due > now else now + self.interval_s)
             stream.ping_due()
-            await trio.lowlevel.checkpoint_if_cancelled()
+            self._pinged += 1
+            if self._pinged % YIELD_EVERY == 0:
+                await trio.lowlevel.checkpoint()
