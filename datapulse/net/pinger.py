@@ -29,6 +29,10 @@ from datapulse.core.sse import PING
 PING_DUE = LoggedEvent(seq=-1, wire=PING)
 """The channel item that tells a stream to write a ping (never logged, never counted)."""
 
+COALESCE_S = 0.005
+"""Pings falling due within this long are handled in one wake-up: thousands of streams opened a
+millisecond apart would otherwise cost one scheduler round trip per ping."""
+
 YIELD_EVERY = 256
 """Pings written per pass before letting other tasks run (a burst of due pings must not stall
 request handling)."""
@@ -86,7 +90,7 @@ class Pinger:
                 continue
             now = trio.current_time()
             if due > now:
-                await trio.sleep_until(due)
+                await trio.sleep_until(due + COALESCE_S)
                 continue
             heapq.heappop(heap)
             # A fixed cadence from the due time; if we fell a whole interval behind, from now.
