@@ -373,7 +373,9 @@ async def test_post_stream_replays_what_is_held_after_a_gap_and_still_delivers_t
 
     buffer = MessageBuffer(7, max_events=3, max_bytes=10_000)
     for i in range(10):
-        await buffer.push(b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"n":%d}}' % i)
+        await buffer.push(
+            b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"n":%d}}' % i
+        )
     await buffer.push(b'{"jsonrpc":"2.0","id":1,"result":{}}')
     buffer.finish()
     written = b""
