@@ -671,7 +671,7 @@ def test_call_limit_must_be_positive() -> None:
 @pytest.mark.filterwarnings("ignore:The logging capability is deprecated")
 async def test_python_sdk_client_round_trip() -> None:
     """The mcp SDK's ClientSession, over memory streams, against McpSession.handle_bytes."""
-    anyio = pytest.importorskip("anyio")
+    import anyio  # installed with mcp (the test extra)
     from mcp.client.session import ClientSession
     from mcp.shared.message import SessionMessage
     from mcp_types.jsonrpc import jsonrpc_message_adapter
