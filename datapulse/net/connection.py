@@ -449,4 +449,7 @@ async def serve_connection(
     finally:
         if on_close:
             on_close(connection)
+        # The descriptor number is about to be freed and may be reused by the next accepted
+        # connection: no fast-path write may ever target it again.
+        connection._fd = -1
         await trio.aclose_forcefully(stream)
