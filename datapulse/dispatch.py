@@ -26,6 +26,7 @@ from typing import Any, Final
 import jsonschema
 import trio
 
+from datapulse import methods
 from datapulse.core import mcp
 from datapulse.core.jsonrpc import (
     DEFAULT_MAX_DEPTH,
@@ -41,8 +42,8 @@ from datapulse.core.jsonrpc import (
     encode_result,
     parse_message,
 )
-from datapulse.errors import DatapulseError, Forbidden, InvalidParams, ToolError, TooManyRequests
-from datapulse.tools.registry import Tool, ToolContext, ToolRegistry
+from datapulse.errors import DatapulseError, InvalidParams
+from datapulse.tools.registry import Tool, ToolRegistry
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +120,17 @@ class Dispatcher:
         self.info = mcp.server_info(server_name, server_version)
         self._output_validators: dict[str, Any] = {}
         self.handshake_methods: dict[str, Handler] = {
-            "initialize": _initialize,
-            "ping": _ping,
-            "tools/list": _list_tools,
-            "tools/call": _call_tool,
-            "logging/setLevel": _set_level,
+            "initialize": methods.initialize,
+            "ping": methods.ping,
+            "tools/list": methods.list_tools,
+            "tools/call": methods.call_tool,
+            "logging/setLevel": methods.set_level,
         }
         # 2026-07-28 removed initialize, ping and logging/setLevel: they answer -32601 there.
         self.modern_methods: dict[str, Handler] = {
-            "server/discover": _discover,
-            "tools/list": _list_tools,
-            "tools/call": _call_tool,
+            "server/discover": methods.discover,
+            "tools/list": methods.list_tools,
+            "tools/call": methods.call_tool,
         }
 
     def check_output(self, tool: Tool, output: Any) -> str | None:
@@ -375,129 +376,3 @@ def _not_found(call: _Call) -> MethodNotFound:
             f"initialize is not part of {mcp.MODERN_VERSION}; use server/discover", data=data
         )
     return MethodNotFound(f"method not found: {method}")
-
-
-# -- method handlers: (session, call) -> result ------------------------------------------------
-
-
-async def _initialize(session: McpSession, call: _Call) -> dict[str, Any]:
-    if session.initialized:
-        raise InvalidRequest("the session is already initialized")
-    params = call.params
-    requested = params.get("protocolVersion")
-    if not isinstance(requested, str):
-        raise InvalidParams("initialize needs a string protocolVersion")
-    capabilities = params.get("capabilities", {})
-    info = params.get("clientInfo")
-    if not isinstance(capabilities, dict) or not isinstance(info, dict | None):
-        raise InvalidParams("capabilities and clientInfo must be objects")
-    # No await before this point: two racing initialize requests cannot both succeed.
-    session.protocol_version = mcp.negotiate_version(requested)
-    session.client_capabilities, session.client_info = capabilities, info
-    session.initialized = True
-    session._initialize_id = call.request.id
-    d = session.dispatcher
-    return mcp.initialize_result(
-        session.protocol_version, d.server_name, d.server_version, d.instructions
-    )
-
-
-async def _ping(session: McpSession, call: _Call) -> dict[str, Any]:
-    return {}
-
-
-async def _discover(session: McpSession, call: _Call) -> dict[str, Any]:
-    return mcp.discover_result(session.dispatcher.instructions)
-
-
-async def _list_tools(session: McpSession, call: _Call) -> dict[str, Any]:
-    d = session.dispatcher
-    page, next_cursor = mcp.paginate(list(d.registry), call.params.get("cursor"), d.page_size)
-    result = mcp.list_tools_result(page, session.protocol_version)
-    if next_cursor is not None:
-        result["nextCursor"] = next_cursor
-    return mcp.cacheable(result) if session.modern else result
-
-
-async def _set_level(session: McpSession, call: _Call) -> dict[str, Any]:
-    level = call.params.get("level")
-    if not mcp.is_log_level(level):
-        raise InvalidParams(f"level must be one of {', '.join(mcp.LOG_LEVELS)}")
-    session.log_level = level
-    return {}
-
-
-async def _call_tool(session: McpSession, call: _Call) -> dict[str, Any]:
-    d = session.dispatcher
-    name = call.params.get("name")
-    if not isinstance(name, str):
-        raise InvalidParams("tools/call needs a string name")
-    tool = d.registry.get(name)  # UnknownTool: a protocol error (-32602), not an isError result
-    needed = tool.required_scope
-    if needed and session.scopes is not None and needed not in session.scopes:
-        raise Forbidden(f"{name} needs the scope {tool.required_scope!r}")
-    try:
-        arguments = d.registry.validate_arguments(name, call.params.get("arguments"))
-    except InvalidParams as exc:
-        # SEP-1303 (2025-11-25): bad arguments are the model's to fix, so they come back as an
-        # isError result it can read; older revisions answered -32602.
-        if session.modern or mcp.version_at_least(session.protocol_version, "2025-11-25"):
-            return mcp.tool_error_result(str(exc))
-        raise
-    limit = session.call_limit
-    if limit.active >= limit.maximum:
-        raise TooManyRequests("too many concurrent calls")
-    limit.active += 1
-    try:
-        return await _run_tool(session, call, tool, arguments)
-    finally:
-        limit.active -= 1
-
-
-async def _run_tool(
-    session: McpSession, call: _Call, tool: Tool, arguments: dict[str, Any]
-) -> dict[str, Any]:
-    d = session.dispatcher
-
-    async def log_sink(level: str, data: Any) -> None:
-        await call.log(tool.name, level, data)
-
-    context = ToolContext(
-        session_id=session.session_id,
-        principal_id=session.principal_id,
-        scopes=session.scopes or frozenset(),
-        progress_sink=call.progress,
-        log_sink=log_sink,
-    )
-    timeout = d.call_timeout_s
-    output: Any = None
-    with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
-        try:
-            output = await d.registry.run(tool, arguments, context)  # validated above
-        except mcp.MissingClientCapability:
-            raise  # a protocol error (-32021) the client must see as such
-        except Exception as exc:
-            # Cancelled is a BaseException and passes through untouched; everything a tool can
-            # raise on its own becomes text the model can read. No traceback leaves the server.
-            if not isinstance(exc, ToolError):
-                log.warning("tool %s raised", tool.name, exc_info=True)
-            return mcp.tool_error_result(_describe(exc))
-    if deadline.cancelled_caught:
-        return mcp.tool_error_result(f"{tool.name} timed out after {timeout:g} s")
-    problem = d.check_output(tool, output)
-    if problem is not None:
-        return mcp.tool_error_result(problem)
-    try:
-        return mcp.tool_call_result(tool, output, session.protocol_version)
-    except TypeError:
-        return mcp.tool_error_result(f"{tool.name} returned a value that is not JSON")
-
-
-def _describe(exc: Exception) -> str:
-    """A failure as one line of text: a ToolError's detail, an exception group's distinct
-    leaf messages (a tool's nursery wraps its children's errors), else the message or type."""
-    if isinstance(exc, ExceptionGroup):
-        return "; ".join(dict.fromkeys(_describe(e) for e in exc.exceptions))
-    if isinstance(exc, ToolError):
-        return exc.detail or str(exc)
-    return str(exc) or type(exc).__name__
