@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -146,6 +146,31 @@ def client_cpu(reports: list[dict[str, Any]]) -> dict[str, float | None]:
         "client_cpu_pct": pct(sum(r["cpu_s"] for r in reports), wall),
         "client_cpu_max_worker_pct": max(per_worker, default=None),
     }
+
+
+class Put(Protocol):
+    def __call__(self, metric: str, value: float | None, unit: str, better: str = "") -> None: ...
+
+
+def figure_recorder(
+    ctx: Context, scenario: str, server: str, variant: str, round_index: int, param: str
+) -> Put:
+    """``put(metric, value, unit, better)`` recording one trial's figures under its labels."""
+
+    def put(metric: str, value: float | None, unit: str, better: str = "") -> None:
+        ctx.recorder.record(
+            scenario,
+            metric,
+            server,
+            variant,
+            round_index,
+            value,
+            unit=unit,
+            better=better,
+            param=param,
+        )
+
+    return put
 
 
 def put_cpu_figures(put: Any, row: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from benchmarks.scenarios.base import (
     base_job,
     client_cpu,
     cpu_line,
+    figure_recorder,
     fmt,
     latency_summary,
     merge_counts,
@@ -121,18 +122,7 @@ async def run_trial(
         **client_cpu(reports),
     }
 
-    def put(metric: str, value: float | None, unit: str, better: str = "") -> None:
-        ctx.recorder.record(
-            NAME,
-            metric,
-            spec.name,
-            kind,
-            round_index,
-            value,
-            unit=unit,
-            better=better,
-            param=p.param,
-        )
+    put = figure_recorder(ctx, NAME, spec.name, kind, round_index, p.param)
 
     put("events_per_s", row["events_per_s"], "events/s", "higher")
     for q in ("p50", "p90", "p99", "max"):

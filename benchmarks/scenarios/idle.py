@@ -26,6 +26,7 @@ from benchmarks.scenarios.base import (
     base_job,
     client_cpu,
     cpu_line,
+    figure_recorder,
     fmt,
     merge_counts,
     merged,
@@ -145,10 +146,7 @@ async def run_trial(
 def _record(ctx: Context, server: str, kind: str, round_index: int, row: dict[str, Any]) -> None:
     param = f"N={row['level']}"
 
-    def put(metric: str, value: float | None, unit: str, better: str) -> None:
-        ctx.recorder.record(
-            NAME, metric, server, kind, round_index, value, unit=unit, better=better, param=param
-        )
+    put = figure_recorder(ctx, NAME, server, kind, round_index, param)
 
     put("rss_per_stream_kib", row["rss_per_stream_kib"], "KiB", "lower")
     put("opens_per_s", row["opens_per_s"], "streams/s", "higher")

@@ -25,6 +25,7 @@ from benchmarks.scenarios.base import (
     base_job,
     client_cpu,
     cpu_line,
+    figure_recorder,
     fmt,
     latency_summary,
     merge_counts,
@@ -107,18 +108,9 @@ async def run_trial(
         **client_cpu(reports),
     }
 
-    def put(metric: str, value: float | None, unit: str, better: str = "") -> None:
-        ctx.recorder.record(
-            NAME,
-            metric,
-            spec.name,
-            kind,
-            round_index,
-            value,
-            unit=unit,
-            better=better,
-            param=f"N={p.count},P={p.interval_s:g}s",
-        )
+    put = figure_recorder(
+        ctx, NAME, spec.name, kind, round_index, f"N={p.count},P={p.interval_s:g}s"
+    )
 
     put("cpu_s_per_1k_streams_min", row["cpu_s_per_1k_streams_min"], "CPU-s", "lower")
     put("ping_late_ms_p50", lateness["p50"], "ms", "lower")

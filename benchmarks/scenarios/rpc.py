@@ -24,6 +24,7 @@ from benchmarks.scenarios.base import (
     base_job,
     client_cpu,
     cpu_line,
+    figure_recorder,
     fmt,
     latency_summary,
     merge_counts,
@@ -107,18 +108,7 @@ async def run_trial(
         row["note"] = f"server started in {wanted} mode answered {answers}"
         ctx.say(f"note: {row['note']}")
 
-    def put(metric: str, value: float | None, unit: str, better: str = "") -> None:
-        ctx.recorder.record(
-            NAME,
-            metric,
-            spec.name,
-            mode,
-            round_index,
-            value,
-            unit=unit,
-            better=better,
-            param=f"C={p.clients}",
-        )
+    put = figure_recorder(ctx, NAME, spec.name, mode, round_index, f"C={p.clients}")
 
     put("requests_per_s", row["requests_per_s"], "req/s", "higher")
     put("latency_ms_p50", latency["p50"], "ms", "lower")

@@ -24,6 +24,7 @@ from benchmarks.scenarios.base import (
     base_job,
     client_cpu,
     cpu_line,
+    figure_recorder,
     fmt,
     merge_counts,
     put_cpu_figures,
@@ -144,18 +145,7 @@ async def run_trial(
         **client_cpu(reports),
     }
 
-    def put(metric: str, value: float | None, unit: str, better: str = "") -> None:
-        ctx.recorder.record(
-            NAME,
-            metric,
-            spec.name,
-            kind,
-            round_index,
-            value,
-            unit=unit,
-            better=better,
-            param=p.param,
-        )
+    put = figure_recorder(ctx, NAME, spec.name, kind, round_index, p.param)
 
     put("rss_peak_growth_mib", row["rss_peak_growth_mib"], "MiB", "lower")
     put("rss_end_growth_mib", row["rss_end_growth_mib"], "MiB", "lower")
