@@ -22,7 +22,7 @@ import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -38,8 +38,8 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ClientMessageMetadata
 
 from datapulse import Server
-from datapulse.tools.registry import ToolContext, ToolRegistry
 from tests.conftest import AUTH, SSEReader, start_server
+from tests.mcp_tools import Probe, add_test_tools
 
 TEST_TIMEOUT_S = 15
 RETRY_MS = 100
@@ -76,37 +76,6 @@ WIRES = [
     Wire("sse", "2024-11-05"),
     Wire("sse", "2025-11-25"),
 ]
-
-
-@dataclass
-class Probe:
-    started: trio.Event = field(default_factory=trio.Event)
-    gate: trio.Event = field(default_factory=trio.Event)
-    cleaned: trio.Event = field(default_factory=trio.Event)
-
-
-def add_test_tools(registry: ToolRegistry, probe: Probe) -> None:
-    @registry.tool("sleeper", description="Sleeps until cancelled; records its cleanup.")
-    async def sleeper(arguments: dict[str, Any], context: ToolContext) -> None:
-        probe.started.set()
-        try:
-            await trio.sleep_forever()
-        finally:
-            probe.cleaned.set()
-
-    @registry.tool("progress", description="Reports progress 1..3 of 3, then returns.")
-    async def progress(arguments: dict[str, Any], context: ToolContext) -> dict[str, int]:
-        for step in (1, 2, 3):
-            await context.report_progress(step, 3, f"step {step}")
-        return {"steps": 3}
-
-    @registry.tool("gated", description="Reports progress, waits for the test's gate, returns.")
-    async def gated(arguments: dict[str, Any], context: ToolContext) -> dict[str, bool]:
-        await context.report_progress(1, 2, "waiting")
-        probe.started.set()
-        await probe.gate.wait()
-        await context.report_progress(2, 2, "released")
-        return {"released": True}
 
 
 @dataclass

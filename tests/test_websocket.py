@@ -11,7 +11,7 @@ import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -22,8 +22,8 @@ import wsproto
 import wsproto.events
 
 from datapulse import Server
-from datapulse.tools.registry import ToolContext
 from tests.conftest import AUTH, start_server
+from tests.mcp_tools import Probe, add_test_tools
 
 TEST_TIMEOUT_S = 10
 AUTH_HEADER = [(b"authorization", AUTH["Authorization"].encode())]
@@ -41,12 +41,6 @@ def bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[Non
 
 
 @dataclass
-class Probe:
-    started: trio.Event = field(default_factory=trio.Event)
-    cleaned: trio.Event = field(default_factory=trio.Event)
-
-
-@dataclass
 class Env:
     server: Server
     port: int
@@ -58,19 +52,7 @@ async def env(nursery: trio.Nursery) -> Env:
     server, info = await start_server(nursery)
     probe = Probe()
 
-    @server.tool("sleeper", description="Sleeps until cancelled; records its cleanup.")
-    async def sleeper(arguments: dict[str, Any], context: ToolContext) -> None:
-        probe.started.set()
-        try:
-            await trio.sleep_forever()
-        finally:
-            probe.cleaned.set()
-
-    @server.tool("progress", description="Reports progress 1..3 of 3, then returns.")
-    async def progress(arguments: dict[str, Any], context: ToolContext) -> dict[str, int]:
-        for step in (1, 2, 3):
-            await context.report_progress(step, 3, f"step {step}")
-        return {"steps": 3}
+    add_test_tools(server.registry, probe)
 
     return Env(server, info.port, probe)
 
