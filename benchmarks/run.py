@@ -3,6 +3,7 @@
     python -m benchmarks.run --quick                      # all scenarios, all servers, ~minutes
     python -m benchmarks.run                              # full sizes (1k..20k streams, ...)
     python -m benchmarks.run --quick --scenarios rpc --servers fastapi datapulse
+    python -m benchmarks.run --quick --scenarios idle --servers datapulse --baseline main
 
 Progress goes to stderr. Results go to ``<out>/<timestamp>[-quick]/``: ``results.json`` (per-round
 raw figures, median, spread, datapulse/peer ratios), ``summary.md``, ``plots/*.png`` and
@@ -14,6 +15,7 @@ See docs/benchmarks.md for what each scenario measures and how to read it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,7 +33,14 @@ import trio
 from benchmarks import plots, summary
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.scenarios.base import Context, Progress
-from benchmarks.servers import REPO_ROOT, ServerSpec, ServerUnavailable, build_servers, probe
+from benchmarks.servers import (
+    REPO_ROOT,
+    ServerSpec,
+    ServerUnavailable,
+    baseline_server,
+    build_servers,
+    probe,
+)
 from benchmarks.stats import Recorder
 from benchmarks.workers import leaf_errors
 
@@ -64,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME",
         help="only these stream kinds / rpc modes: events, sse, mcp, seed, json",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run datapulse as it was at git revision REV (from a temporary worktree), "
+        "as server datapulse@<short REV>; needs datapulse among --servers",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="default: 2 quick, 3 full")
     parser.add_argument(
         "--workers", type=int, default=2, help="load-generator processes (default: 2)"
@@ -81,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.scenarios = _names(args.scenarios, set(SCENARIOS), "scenario", parser)
     all_servers = {"datapulse", "fastapi", "fastmcp", "ts"}
     args.servers = _names(args.servers or sorted(all_servers), all_servers, "server", parser)
+    if args.baseline and "datapulse" not in args.servers:
+        parser.error("--baseline REV compares with datapulse: include it in --servers")
     if args.variants is not None:
         args.variants = _names(
             args.variants, {"events", "sse", "mcp", "seed", "json"}, "variant", parser
@@ -169,7 +186,7 @@ def machine_info(fd_limit: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-async def run_suite(args: argparse.Namespace) -> Path:
+async def run_suite(args: argparse.Namespace, baseline: ServerSpec | None = None) -> Path:
     progress = Progress()
     fd_limit = raise_fd_limit()
     stamp = time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
@@ -178,6 +195,9 @@ async def run_suite(args: argparse.Namespace) -> Path:
     progress(f"results -> {out_dir}   (fd limit {fd_limit[0]}, {os.cpu_count()} cpus)")
 
     specs = build_servers()
+    if baseline is not None:  # right after datapulse in every round, so drift hits both alike
+        specs[baseline.name] = baseline
+        args.servers.insert(args.servers.index("datapulse") + 1, baseline.name)
     servers_out: dict[str, Any] = {}
     for name in args.servers:
         spec = specs[name]
@@ -307,7 +327,9 @@ def write_outputs(out_dir: Path, results: dict[str, Any], progress: Progress) ->
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.chdir(REPO_ROOT)
-    trio.run(run_suite, args)
+    with contextlib.ExitStack() as stack:
+        baseline = stack.enter_context(baseline_server(args.baseline)) if args.baseline else None
+        trio.run(run_suite, args, baseline)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ Every server, datapulse included, runs as its own subprocess on a free loopback 
 same token and ping interval, and counts as ready once ``GET /healthz`` answers 200. RSS and CPU
 come from psutil over the process and its children.
 
-``SERVERS`` is the table the rest of the suite iterates. Each entry says which stream *kinds*
-(``events`` = original /events API, ``sse`` = legacy MCP HTTP+SSE, ``mcp`` = Streamable HTTP GET
-stream) and which RPC *modes* (``seed`` = POST /message + result on /events, ``json`` / ``sse`` =
-Streamable HTTP tools/call answered as JSON or as an SSE stream) it offers.
+``build_servers()`` is the table the rest of the suite iterates. Each entry says which stream
+*kinds* (``events`` = original /events API, ``sse`` = legacy MCP HTTP+SSE, ``mcp`` = Streamable
+HTTP GET stream) and which RPC *modes* (``seed`` = POST /message + result on /events, ``json`` /
+``sse`` = Streamable HTTP tools/call answered as JSON or as an SSE stream) it offers.
+``baseline_server(rev)`` adds datapulse as it was at a git revision, run from a temporary worktree.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +72,7 @@ class ServerSpec:
     unavailable: str | None = None  # set by probe(): why this server cannot run here
     version: str = ""
     extra_flags: list[str] = field(default_factory=list)
+    checkout: Path = REPO_ROOT  # the source tree it runs from: cwd, and on PYTHONPATH if not ours
 
     def variants(self, scenario_kinds: tuple[str, ...]) -> list[str]:
         return [k for k in scenario_kinds if k in self.kinds]
@@ -106,17 +109,22 @@ def _ts_command(opts: LaunchOptions) -> list[str]:
     return argv
 
 
-def build_servers() -> dict[str, ServerSpec]:
-    datapulse = ServerSpec(
-        name="datapulse",
-        description="datapulse (Trio + h11), python -m datapulse",
+def _datapulse_spec(name: str, description: str, checkout: Path = REPO_ROOT) -> ServerSpec:
+    spec = ServerSpec(
+        name=name,
+        description=description,
         kinds=("events", "sse", "mcp"),
         rpc_modes=("seed", "json", "sse"),
         command=lambda _opts: [],
+        checkout=checkout,
     )
-    datapulse.command = _datapulse_command(datapulse)
+    spec.command = _datapulse_command(spec)
+    return spec
+
+
+def build_servers() -> dict[str, ServerSpec]:
     return {
-        "datapulse": datapulse,
+        "datapulse": _datapulse_spec("datapulse", "datapulse (Trio + h11), python -m datapulse"),
         "fastapi": ServerSpec(
             name="fastapi",
             description="FastAPI + sse-starlette on uvicorn, original /events API (the seed)",
@@ -141,9 +149,47 @@ def build_servers() -> dict[str, ServerSpec]:
     }
 
 
-def _run(argv: list[str], cwd: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
+def _git(*args: str) -> str:
+    result = _run(["git", "-C", str(REPO_ROOT), *args], REPO_ROOT, 120)
+    if result.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+@contextlib.contextmanager
+def baseline_server(rev: str) -> Iterator[ServerSpec]:
+    """datapulse as it was at git revision ``rev``, named ``datapulse@<short rev>``.
+
+    Runs from a detached worktree of ``rev`` in a temporary directory outside the repository,
+    removed (``git worktree remove --force``) when the block ends, however it ends.
+    """
+    short = _git("rev-parse", "--short", f"{rev}^{{commit}}")
+    with tempfile.TemporaryDirectory(prefix=f"datapulse-{short}-") as tmp:
+        checkout = Path(tmp) / "src"
+        _git("worktree", "add", "--detach", str(checkout), short)
+        try:
+            yield _datapulse_spec(
+                f"datapulse@{short}", f"datapulse at {rev} ({short}), worktree {checkout}", checkout
+            )
+        finally:
+            _git("worktree", "remove", "--force", str(checkout))
+
+
+def _env(spec: ServerSpec) -> dict[str, str]:
+    """The environment ``spec`` runs in: ours, with its checkout first on PYTHONPATH if not ours."""
+    env = dict(os.environ)
+    if spec.checkout != REPO_ROOT:
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(spec.checkout), env.get("PYTHONPATH")])
+        )
+    return env
+
+
+def _run(
+    argv: list[str], cwd: Path, timeout_s: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        argv, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
     )
 
 
@@ -159,7 +205,7 @@ def _package_version(name: str) -> str:
 def probe(spec: ServerSpec, log: Callable[[str], None]) -> None:
     """Find out before any scenario whether ``spec`` can start here; record why not."""
     try:
-        if spec.name == "datapulse":
+        if spec.name.partition("@")[0] == "datapulse":
             _probe_datapulse(spec)
         elif spec.name == "ts":
             _probe_ts(spec, log)
@@ -183,14 +229,31 @@ def probe(spec: ServerSpec, log: Callable[[str], None]) -> None:
         spec.unavailable = str(exc)
 
 
+# Every datapulse module the package imports (its __init__ imports the server, and with it
+# everything), and the version: all must come from the one checkout.
+_WHICH_DATAPULSE = (
+    "import sys, datapulse;"
+    " files = sorted({m.__file__ for n, m in sys.modules.items()"
+    " if n.split('.')[0] == 'datapulse' and getattr(m, '__file__', None)});"
+    " print('\\n'.join(files)); print(datapulse.__version__)"
+)
+
+
 def _probe_datapulse(spec: ServerSpec) -> None:
-    result = _run([sys.executable, "-m", "datapulse", "--help"], REPO_ROOT, 60)
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise ServerUnavailable(
-            f"`python -m datapulse --help` exited {result.returncode}: {' | '.join(tail)}"
-        )
-    help_text = result.stdout
+    """Its --help decides the optional flags; the package it imports must be from its checkout."""
+    outputs = []
+    for args in (["-m", "datapulse", "--help"], ["-c", _WHICH_DATAPULSE]):
+        result = _run([sys.executable, *args], spec.checkout, 60, _env(spec))
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise ServerUnavailable(
+                f"`python {' '.join(args)}` exited {result.returncode}: {' | '.join(tail)}"
+            )
+        outputs.append(result.stdout)
+    help_text, (*files, version) = outputs[0], outputs[1].split()
+    for where in files:
+        if not Path(where).resolve().is_relative_to(spec.checkout.resolve()):
+            raise ServerUnavailable(f"`python -m datapulse` imports {where}, not {spec.checkout}")
     spec.extra_flags = [
         part
         for flag, value in DATAPULSE_OPTIONAL_FLAGS.items()
@@ -200,7 +263,7 @@ def _probe_datapulse(spec: ServerSpec) -> None:
     if DATAPULSE_JSON_FLAG not in help_text:
         spec.rpc_modes = tuple(m for m in spec.rpc_modes if m != "json")
         spec.version = f"(no {DATAPULSE_JSON_FLAG} flag: rpc json mode skipped)"
-    spec.version = f"datapulse {_package_version('datapulse')} {spec.version}".strip()
+    spec.version = f"datapulse {version} {spec.version}".strip()
 
 
 def _probe_ts(spec: ServerSpec, log: Callable[[str], None]) -> None:
@@ -315,7 +378,7 @@ async def run_server(
 ) -> AsyncIterator[ServerProcess]:
     """Start ``spec`` on a free port, wait for /healthz, yield it, then stop it (TERM, KILL)."""
     opts = LaunchOptions(free_port(), new_token(), ping_interval_s, json_response)
-    env = dict(os.environ)
+    env = _env(spec)
     env.update(
         LOCAL_BEARER_TOKEN=opts.token,
         DATAPULSE_PING_INTERVAL=f"{ping_interval_s:g}",
@@ -329,7 +392,7 @@ async def run_server(
         offset = log.tell()
         process = await trio.lowlevel.open_process(
             spec.command(opts),
-            cwd=REPO_ROOT,
+            cwd=spec.checkout,
             env=env,
             stdout=log,
             stderr=log,

@@ -44,7 +44,8 @@ def _headline_series(results: dict[str, Any]) -> dict[str, list[Series]]:
 
 
 def _target_key(target: tuple[str, str]) -> tuple[int, str, str]:
-    return (SERVER_ORDER.get(target[0], 9), target[0], target[1])
+    # datapulse@REV (--baseline) sorts right after datapulse
+    return (SERVER_ORDER.get(target[0].partition("@")[0], 9), target[0], target[1])
 
 
 def _cell(s: Series) -> str:
