@@ -438,6 +438,7 @@ def conversations(draw: st.DrawFn) -> tuple[list[bytes], str]:
     return chunks, ending
 
 
+@pytest.mark.timeout(60)  # ~9 s on the dev machine
 @FUZZ
 @given(conversation=conversations())
 def test_fuzzed_raw_requests_get_a_4xx_or_a_close_never_5xx_or_a_hang(
