@@ -6,10 +6,9 @@ built-in tools), ``Config``, ``ToolRegistry``/``ToolContext``, and the error tre
 
 from datapulse.config import Config, config_from_env
 from datapulse.errors import DatapulseError, SessionNotFound, ToolError
-from datapulse.server import VERSION, Server, ServerInfo, serve
+from datapulse.server import Server, ServerInfo, serve
 from datapulse.tools.registry import Tool, ToolContext, ToolRegistry
-
-__version__ = VERSION
+from datapulse.version import __version__
 
 __all__ = [
     "Config",

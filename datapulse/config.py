@@ -81,12 +81,6 @@ class Config:
     replay_bytes: int = _setting(
         4 * MiB, "--replay-bytes", "DATAPULSE_REPLAY_BYTES", "bytes kept per stream for replay"
     )
-    stream_queue_events: int = _setting(
-        256,
-        "--stream-queue",
-        "DATAPULSE_STREAM_QUEUE",
-        "events queued to a live stream before it counts as too slow and is closed",
-    )
     write_timeout_s: float = _setting(
         30.0, "--write-timeout", "DATAPULSE_WRITE_TIMEOUT", "seconds one socket write may block"
     )
@@ -186,7 +180,6 @@ class Config:
         for name in [
             "replay_events",
             "replay_bytes",
-            "stream_queue_events",
             "max_sessions",
             "max_connections",
             "max_body_bytes",

@@ -1,9 +1,9 @@
 """The DatapulseError tree.
 
 Every error a client can cause is one of these. Each carries the HTTP status it maps to and the
-JSON-RPC code it maps to; only ``net.http.error_response`` turns them into HTTP responses and only
-the JSON-RPC dispatcher turns them into JSON-RPC error objects, so the mapping lives in one place
-per protocol.
+JSON-RPC code it maps to, so the mapping lives here, with the error. Turning one into bytes is done
+in one place per style: ``net.http.error_response`` (plain JSON) and ``jsonrpc_error_body``
+(a JSON-RPC error object, used by the dispatcher and by MCP endpoints).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ class DatapulseError(Exception):
     http_status: int = 500
     jsonrpc_code: int = -32603
     error: str = "internal_error"
+    request_id: str | int | None = None
+    """The JSON-RPC id of the request that failed, when it was read before the failure."""
 
     def __init__(self, detail: str = "", **extra: Any) -> None:
         super().__init__(detail or self.error)
@@ -158,6 +160,18 @@ class ServiceUnavailable(DatapulseError):
     @property
     def headers(self) -> list[tuple[str, str]]:
         return [("Retry-After", str(self.retry_after_s))]
+
+
+class ConnectionLimit(ServiceUnavailable):
+    """The server holds ``max_connections``; a new one is answered and closed at once."""
+
+    error = "too_many_connections"
+
+
+class ConnectionLimitPerAddress(TooManyRequests):
+    """One client address holds ``max_connections_per_ip``: its own doing, so not a 503."""
+
+    error = "too_many_connections"
 
 
 class ToolError(DatapulseError):

@@ -25,28 +25,27 @@ import trio
 from datapulse.auth.setup import StartingVerifier, open_configured_verifier
 from datapulse.auth.verifier import BearerVerifier, Verifier
 from datapulse.config import Config
-from datapulse.core.eventlog import LoggedEvent
 from datapulse.core.jsonrpc import MAX_BATCH_ITEMS
-from datapulse.dispatch import CallLimit, Dispatcher, McpSession
 from datapulse.errors import SessionNotFound
-from datapulse.net.http import Request, Response, json_response
+from datapulse.live.sessions import SessionManager
+from datapulse.net.http import ErrorStyle, Request, Response, json_response
 from datapulse.net.server import BoundAddress, HTTPServer
-from datapulse.net.sessions import SessionManager
+from datapulse.protocol.dispatch import Dispatcher
 from datapulse.store import MemorySessionStore, SessionStore
 from datapulse.tools.builtin import register_builtins
 from datapulse.tools.fetch import FetchPolicy
 from datapulse.tools.registry import ToolRegistry
 from datapulse.transports.auth_routes import PRM_PATHS, AuthRoutes
+from datapulse.transports.context import TransportContext
 from datapulse.transports.events import EventsTransport
 from datapulse.transports.guard import OriginGuard
 from datapulse.transports.legacy_sse import LegacySseTransport
 from datapulse.transports.router import Router
 from datapulse.transports.streamable import StreamableTransport
 from datapulse.transports.websocket import WebSocketTransport
+from datapulse.version import __version__ as VERSION
 
 log = logging.getLogger("datapulse")
-
-VERSION = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -106,52 +105,41 @@ class Server:
         self.router.before.append(
             OriginGuard(self.config, self.config.cors_origins, open_paths=PRM_PATHS)
         )
-        self.auth = AuthRoutes(self)
-        self.auth.install(self.router)
+        self.auth = AuthRoutes(
+            self.config,
+            self.registry,
+            self.sessions,
+            self.router,
+            lambda: self.info.url if self.info is not None else None,
+        )
+        self.auth.install()
         self.http = HTTPServer(self.router, self.config)
         self.http.on_shutdown.append(lambda: self.sessions.close_all_streams("shutdown"))
-        self._install_routes()
         self.info: ServerInfo | None = None
+        self._install_routes(
+            TransportContext(self.config, self.sessions, self.registry, self.dispatcher, self.auth)
+        )
 
     @property
     def tool(self) -> Any:
         """Decorator registering a tool: ``@server.tool("name", input_schema=...)``."""
         return self.registry.tool
 
-    def dispatcher_session(
-        self,
-        *,
-        principal: Any,
-        session_id: str | None = None,
-        modern: bool = False,
-        call_limit: CallLimit | None = None,
-    ) -> McpSession:
-        """A protocol session for ``principal`` (one per MCP session, or per modern request)."""
-        scopes = None if "*" in principal.scopes else principal.scopes
-        return McpSession(
-            self.dispatcher,
-            modern=modern,
-            session_id=session_id,
-            principal_id=principal.id,
-            scopes=scopes,
-            call_limit=call_limit,
-        )
-
-    def _install_routes(self) -> None:
-        mcp_http = StreamableTransport(self)
+    def _install_routes(self, context: TransportContext) -> None:
+        mcp_http = StreamableTransport(context)
         for method, handler in (
             ("POST", mcp_http.post),
             ("GET", mcp_http.get),
             ("DELETE", mcp_http.delete),
         ):
-            self.router.add(method, "/mcp", handler)
-        legacy = LegacySseTransport(self)
+            self.router.add(method, "/mcp", handler, errors=ErrorStyle.JSONRPC)
+        legacy = LegacySseTransport(context)
         self.router.add("GET", "/sse", legacy.get_sse, ticket=True)
         # The endpoint event names /messages; the Python SDK's own servers use /messages/.
         self.router.add("POST", "/messages", legacy.post_message)
         self.router.add("POST", "/messages/", legacy.post_message)
-        self.router.add("GET", "/ws", WebSocketTransport(self).upgrade)
-        events = EventsTransport(self)
+        self.router.add("GET", "/ws", WebSocketTransport(context).upgrade)
+        events = EventsTransport(context)
         self.router.add("GET", "/healthz", self._health, public=True)
         self.router.add("GET", "/events", events.get_events, ticket=True)
         self.router.add("POST", "/message", events.post_message)
@@ -165,7 +153,7 @@ class Server:
         live = self.sessions.lookup(session_id)
         if live is None:
             raise SessionNotFound(f"unknown session: {session_id}")
-        logged: LoggedEvent = await self.sessions.publish(live, data, event)
+        logged = await self.sessions.publish(live, data, event)
         return str(logged.seq)
 
     def shutdown(self) -> None:

@@ -30,7 +30,7 @@ import trio
 from datapulse import Server
 from datapulse.core import mcp
 from datapulse.core.sse import SSEEvent, SSEParser
-from datapulse.net.sessions import LiveSession
+from datapulse.live.sessions import LiveSession
 from datapulse.tools.registry import ToolContext
 
 from .conftest import TOKEN, start_server
@@ -189,11 +189,6 @@ def live_session(server: Server, session_id: str) -> LiveSession:
     return next(s for s in server.sessions.live_sessions() if s.id == session_id)
 
 
-def channel_used(live: LiveSession) -> int:
-    attachment = live.attachment
-    return 0 if attachment is None else attachment.send.statistics().current_buffer_used
-
-
 def event_ids(events: Sequence[SSEEvent]) -> list[int]:
     return [int(e.id) for e in events if e.id is not None and e.data]
 
@@ -340,19 +335,17 @@ async def mcp_session(http: httpx.AsyncClient, version: str = "2025-11-25") -> d
 EVENTS = 10_000
 PAYLOAD = "x" * 4000  # 4 KB events: 40 MB published in all, far over the bound
 REPLAY_BYTES = 256 * 1024
-QUEUE = 64
 
 
 async def publish_all(
     server: Server, session_id: str, count: int, *, payload: str = PAYLOAD, paced: bool = False
-) -> tuple[float, float, int, int]:
-    """Publish ``count`` events; returns (total s, slowest single publish s, max log bytes,
-    max channel fill), sampling the session's memory after every publish. ``paced`` yields to
+) -> tuple[float, float, int]:
+    """Publish ``count`` events; returns (total s, slowest single publish s, max log bytes),
+    sampling the session's log after every publish (a stream holds no queue of its own). ``paced`` yields to
     the other tasks after each one, so the stream's writer runs until its socket blocks
     (publishing itself never checkpoints: unpaced, the writer only runs afterwards)."""
-    live = live_session(server, session_id)
     log_bytes = server.store.log_bytes  # type: ignore[attr-defined]
-    max_log = max_channel = 0
+    max_log = 0
     slowest = 0.0
     start = trio.current_time()
     for i in range(count):
@@ -360,10 +353,9 @@ async def publish_all(
         await server.publish(session_id, {"n": i, "pad": payload})
         slowest = max(slowest, trio.current_time() - before)
         max_log = max(max_log, log_bytes(session_id))
-        max_channel = max(max_channel, channel_used(live))
         if paced:
             await trio.sleep(0)
-    return trio.current_time() - start, slowest, max_log, max_channel
+    return trio.current_time() - start, slowest, max_log
 
 
 async def test_stuck_client_memory_bounded_producer_free_write_timeout_then_replay(
@@ -373,21 +365,18 @@ async def test_stuck_client_memory_bounded_producer_free_write_timeout_then_repl
         nursery,
         replay_events=EVENTS,
         replay_bytes=REPLAY_BYTES,
-        stream_queue_events=QUEUE,
         write_timeout_s=1.5,
         ping_interval_s=30,
     )
     with trio.fail_after(30):
         client = await open_events_stream(info.port, "slow", rcvbuf=1024)
         await wait_for(
-            lambda: any(s.attachment for s in server.sessions.live_sessions()), 5, "the stream"
+            lambda: any(s.stream for s in server.sessions.live_sessions()), 5, "the stream"
         )
         baseline = rss()
         async with trio.open_nursery() as reading:
             reading.start_soon(slow_reader, client)
-            elapsed, slowest, max_log, max_channel = await publish_all(
-                server, "slow", EVENTS, paced=True
-            )
+            elapsed, slowest, max_log = await publish_all(server, "slow", EVENTS, paced=True)
             growth = rss() - baseline
             # The writer is stuck in send_all; after --write-timeout the server drops the client
             # (well before the 5 s keep-alive timeout could close an idle connection).
@@ -396,11 +385,10 @@ async def test_stuck_client_memory_bounded_producer_free_write_timeout_then_repl
             dropped_after = trio.current_time() - published
             reading.cancel_scope.cancel()
         live = live_session(server, "slow")
-        assert live.attachment is None  # detached: nothing of the stream is left
-        print(f"1 client: {elapsed=:.3f}s {slowest=:.4f}s {max_log=} {max_channel=} {growth=}")
+        assert live.stream is None  # detached: nothing of the stream is left
+        print(f"1 client: {elapsed=:.3f}s {slowest=:.4f}s {max_log=} {growth=}")
         # Memory for the session stayed within its configuration the whole time...
         assert max_log <= REPLAY_BYTES
-        assert max_channel <= QUEUE
         # ...and so did the process (40 MB were published; tolerant bound for allocator noise).
         assert growth < 16 * MiB, growth
         # The producer never waited on the socket.
@@ -438,17 +426,16 @@ async def test_paused_client_gets_stream_lagging_then_resumes_with_last_event_id
         nursery,
         replay_events=EVENTS,
         replay_bytes=REPLAY_BYTES,
-        stream_queue_events=QUEUE,
         write_timeout_s=20,
         ping_interval_s=30,
     )
     with trio.fail_after(30):
         client = await open_events_stream(info.port, "paused", rcvbuf=1024)
         await wait_for(lambda: len(server.sessions) == 1, 5, "the session")
-        await wait_for(lambda: live_session(server, "paused").attachment is not None, 5, "attach")
+        await wait_for(lambda: live_session(server, "paused").stream is not None, 5, "attach")
         # The client reads nothing while everything is published...
-        elapsed, _, max_log, max_channel = await publish_all(server, "paused", EVENTS)
-        assert elapsed < 10 and max_log <= REPLAY_BYTES and max_channel <= QUEUE
+        elapsed, _, max_log = await publish_all(server, "paused", EVENTS)
+        assert elapsed < 10 and max_log <= REPLAY_BYTES
         # ...then reads as fast as it can: the writer wakes, finds it has overflowed and that the
         # log no longer holds what it has not sent, and says so instead of skipping ahead.
         await client.read_to_end(15)
@@ -477,7 +464,6 @@ CLIENTS = 1000
 EACH = 64
 SMALL_PAYLOAD = "y" * 1000
 SMALL_REPLAY_BYTES = 8 * 1024
-SMALL_QUEUE = 4
 
 
 async def test_a_thousand_stuck_clients_stay_bounded_and_never_block_the_producer(
@@ -488,7 +474,6 @@ async def test_a_thousand_stuck_clients_stay_bounded_and_never_block_the_produce
         nursery,
         replay_events=EACH,
         replay_bytes=SMALL_REPLAY_BYTES,
-        stream_queue_events=SMALL_QUEUE,
         write_timeout_s=2.0,
         ping_interval_s=30,
         read_timeout_s=20,
@@ -506,18 +491,15 @@ async def test_a_thousand_stuck_clients_stay_bounded_and_never_block_the_produce
                 for i in range(start, start + 100):
                     batch.start_soon(connect, i)
         await wait_for(
-            lambda: (
-                sum(s.attachment is not None for s in server.sessions.live_sessions()) == CLIENTS
-            ),
+            lambda: sum(s.stream is not None for s in server.sessions.live_sessions()) == CLIENTS,
             20,
             "all streams attached",
         )
         baseline = rss()
         log_bytes = server.store.log_bytes  # type: ignore[attr-defined]
         slowest = 0.0
-        max_log = max_channel = 0
+        max_log = 0
         start_time = trio.current_time()
-        lives = {s.id: s for s in server.sessions.live_sessions()}
         for n in range(EACH):  # round-robin, like a broadcast; writers run between rounds
             for i in range(CLIENTS):
                 before = trio.current_time()
@@ -526,13 +508,12 @@ async def test_a_thousand_stuck_clients_stay_bounded_and_never_block_the_produce
             await trio.sleep(0)
             if n % 8 == 7:
                 max_log = max(max_log, *(log_bytes(f"s{i}") for i in range(CLIENTS)))
-                max_channel = max(max_channel, *(channel_used(s) for s in lives.values()))
         elapsed = trio.current_time() - start_time
         growth = rss() - baseline
         total_log = sum(log_bytes(f"s{i}") for i in range(CLIENTS))
         # Every stuck writer hits the write timeout; all connections go.
         await wait_for(lambda: not server.http.connections, 20, "the write timeouts")
-        assert all(s.attachment is None for s in server.sessions.live_sessions())
+        assert all(s.stream is None for s in server.sessions.live_sessions())
         for client in clients:
             await client.aclose()
 
@@ -547,10 +528,9 @@ async def test_a_thousand_stuck_clients_stay_bounded_and_never_block_the_produce
             assert_contiguous(event_ids(replayed[1:]), int(notice["oldest"]), EACH)
 
     published = CLIENTS * EACH * len(SMALL_PAYLOAD)  # 64 MB
-    print(f"1000 clients: {elapsed=:.3f}s {slowest=:.4f}s {max_log=} {max_channel=}")
+    print(f"1000 clients: {elapsed=:.3f}s {slowest=:.4f}s {max_log=}")
     print(f"1000 clients: {total_log=} {growth=} {published=}")
     assert max_log <= SMALL_REPLAY_BYTES
-    assert max_channel <= SMALL_QUEUE
     assert total_log <= CLIENTS * SMALL_REPLAY_BYTES
     # The logs hold at most 8 MB of the 64 MB (Python-level growth measured with tracemalloc:
     # ~8 MB); RSS also carries allocator slack (measured 14-35 MB), hence the tolerant bound,

@@ -26,6 +26,7 @@ import trio
 
 from datapulse import Server
 from datapulse.net.http import Request, Response, StreamingResponse, Upgrade
+from datapulse.store import LogKey
 from datapulse.tools.registry import ToolContext
 
 from .conftest import AUTH, TOKEN, make_config
@@ -127,7 +128,7 @@ class Harness:
                 }
                 response = await http.post(f"/message?session_id={SESSION}", json=body)
                 assert response.status_code == 202
-        while await self.server.store.last_seq(SESSION) < numbers[-1]:
+        while await self.server.store.last_seq(LogKey(SESSION)) < numbers[-1]:
             await trio.sleep(0.01)
 
 

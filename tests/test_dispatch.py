@@ -9,10 +9,12 @@ import pytest
 import trio
 import trio.testing
 
-from datapulse.core import mcp
+from datapulse.core import mcp, mcp_http
 from datapulse.core.jsonrpc import InvalidRequest, Notification, Request, Response
-from datapulse.dispatch import CallLimit, Dispatcher, McpSession, Outcome
 from datapulse.errors import ToolError
+from datapulse.protocol.dispatch import Dispatcher
+from datapulse.protocol.session import McpSession, Outcome
+from datapulse.protocol.state import ProtocolState
 from datapulse.tools.registry import ToolContext, ToolRegistry
 
 cleanups: list[str] = []
@@ -177,7 +179,7 @@ async def test_initialize_flow() -> None:
     session = McpSession(dispatcher(instructions="be nice"))
     sink = Sink()
     await session.handle(Notification("notifications/initialized"), sink)
-    assert not session.client_ready  # before initialize it means nothing
+    assert not session.state.client_ready  # before initialize it means nothing
     params = {"protocolVersion": "2025-06-18", "capabilities": {"roots": {}}, "clientInfo": {}}
     outcome = await session.handle(Request("init", "initialize", params), sink)
     assert outcome == Outcome(responded=True)
@@ -192,9 +194,9 @@ async def test_initialize_flow() -> None:
         },
     }
     assert session.initialized and session.protocol_version == "2025-06-18"
-    assert session.client_capabilities == {"roots": {}}
+    assert session.state.client_capabilities == {"roots": {}}
     await session.handle(Notification("notifications/initialized"), sink)
-    assert session.client_ready
+    assert session.state.client_ready
     assert len(sink.messages) == 1  # notifications are never answered
 
     again = await request(session, "initialize", params, id=2)
@@ -462,13 +464,13 @@ async def test_concurrency_limit() -> None:
         assert sink.last["error"] == {"code": -32000, "message": "too many concurrent calls"}
         assert "result" in (await request(session, "ping", id=2)).last  # not a tool call
         nursery.cancel_scope.cancel()
-    assert session.call_limit.active == 0
+    assert session.call_limit.borrowed_tokens == 0
     assert "result" in (await call_tool(session, "echo", {"text": "x"})).last
 
 
 async def test_shared_call_limit() -> None:
     d = dispatcher()
-    limit = CallLimit(1)
+    limit = trio.CapacityLimiter(1)
     a = McpSession(d, modern=True, call_limit=limit)
     b = McpSession(d, modern=True, call_limit=limit)
     async with trio.open_nursery() as nursery:
@@ -477,6 +479,28 @@ async def test_shared_call_limit() -> None:
         sink = await request(b, "tools/call", modern_params(name="echo", arguments={"text": "x"}))
         assert sink.last["error"]["code"] == -32000
         nursery.cancel_scope.cancel()
+    assert limit.borrowed_tokens == 0  # the cancelled call gave its token back
+    sink = await request(b, "tools/call", modern_params(name="echo", arguments={"text": "x"}))
+    assert "result" in sink.last
+
+
+async def test_protocol_state_is_plain_data() -> None:
+    session = McpSession(dispatcher())
+    params = {"protocolVersion": "2025-06-18", "capabilities": {"roots": {}}, "clientInfo": {}}
+    await session.handle(Request(1, "initialize", params), Sink())
+    await session.handle(Notification("notifications/initialized"), Sink())
+    assert session.state.to_dict() == {
+        "protocol_version": "2025-06-18",
+        "initialized": True,
+        "client_info": {},
+        "client_capabilities": {"roots": {}},
+        "client_ready": True,
+        "log_level": "debug",
+    }
+    restored = McpSession(dispatcher())
+    restored.state = ProtocolState.from_dict(session.state.to_dict())
+    assert restored.initialized and restored.protocol_version == "2025-06-18"
+    assert "result" in (await request(restored, "tools/list")).last
 
 
 async def test_timeout(autojump_clock: trio.testing.MockClock) -> None:
@@ -595,7 +619,7 @@ async def test_modern_bad_arguments_is_error_result() -> None:
 async def test_modern_meta_required(params: Any) -> None:
     sink, outcome = await modern("server/discover", params)
     assert sink.last["id"] == "m1" and sink.last["error"]["code"] == -32602
-    assert mcp.modern_http_status(outcome.error_code) == 400
+    assert mcp_http.modern_http_status(outcome.error_code) == 400
 
 
 async def test_modern_client_info_optional() -> None:
@@ -612,7 +636,7 @@ async def test_modern_unsupported_version() -> None:
     assert sink.last["id"] == "m1" and error["code"] == -32022
     assert error["data"]["requested"] == "2099-01-01"
     assert mcp.MODERN_VERSION in error["data"]["supported"]
-    assert mcp.modern_http_status(outcome.error_code) == 400
+    assert mcp_http.modern_http_status(outcome.error_code) == 400
 
 
 @pytest.mark.parametrize("method", ["initialize", "ping", "logging/setLevel", "nope/nope"])
@@ -620,7 +644,7 @@ async def test_modern_removed_methods(method: str) -> None:
     params = modern_params(protocolVersion="2025-11-25")
     sink, outcome = await modern(method, params)
     assert sink.last["id"] == "m1" and sink.last["error"]["code"] == -32601
-    assert mcp.modern_http_status(outcome.error_code) == 404
+    assert mcp_http.modern_http_status(outcome.error_code) == 404
     if method == "initialize":
         data = sink.last["error"]["data"]
         assert mcp.MODERN_VERSION in data["supported"] and data["requested"] == "2025-11-25"
@@ -653,16 +677,16 @@ async def test_modern_ignores_handshake_notification() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"page_size": 0}, {"call_timeout_s": 0}, {"default_log_level": "loud"}],
+    [
+        {"page_size": 0},
+        {"call_timeout_s": 0},
+        {"default_log_level": "loud"},
+        {"max_concurrent_calls": 0},
+    ],
 )
 def test_dispatcher_rejects_bad_config(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         dispatcher(**kwargs)
-
-
-def test_call_limit_must_be_positive() -> None:
-    with pytest.raises(ValueError):
-        CallLimit(0)
 
 
 # -- interop with the official Python SDK client ------------------------------------------------

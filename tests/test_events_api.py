@@ -227,11 +227,11 @@ async def test_disconnect_while_idle_is_noticed_and_tasks_end(
     assert before >= 1
     async with client.stream("GET", "/events?session_id=d") as response:
         await SSEReader(response).next()
-        live = server.sessions._live["d"]
-        assert live.attachment is not None
+        live = server.sessions.lookup("d")
+        assert live.stream is not None
     # The client is gone; the idle stream (ping interval 5 s) must notice via EOF, not a write.
     with trio.fail_after(2):
-        while live.attachment is not None or server.http.connections:
+        while live.stream is not None or server.http.connections:
             await trio.sleep(0.01)
 
 
@@ -268,17 +268,17 @@ async def test_session_expires_after_ttl_and_is_swept(nursery: trio.Nursery) -> 
             reader = SSEReader(response)  # kept: dropping it would close the response
             await reader.next()
             await trio.sleep(1.3)  # an attached stream keeps its session alive
-            assert "ttl" in server.sessions._live
+            assert server.sessions.lookup("ttl") is not None
         # Activity refreshes the TTL...
         await trio.sleep(0.6)
         assert (
             await post(client, "ttl", {"type": "list_tools", "request_id": "a"})
         ).status_code == 202
         await trio.sleep(0.6)
-        assert "ttl" in server.sessions._live
+        assert server.sessions.lookup("ttl") is not None
         # ...and idleness past it expires the session.
         with trio.fail_after(3):
-            while "ttl" in server.sessions._live:
+            while server.sessions.lookup("ttl") is not None:
                 await trio.sleep(0.02)
         response = await post(client, "ttl", {"type": "list_tools", "request_id": "b"})
         assert response.status_code == 404
@@ -334,7 +334,7 @@ async def test_user_tool_with_progress(server: Server, client: httpx.AsyncClient
 
 
 async def test_slow_consumer_overflow_catches_up_from_the_log(nursery: trio.Nursery) -> None:
-    server, info = await start_server(nursery, stream_queue_events=4, replay_events=10_000)
+    server, info = await start_server(nursery, replay_events=10_000)
     async with httpx.AsyncClient(base_url=info.url, headers=AUTH) as client:
         async with client.stream("GET", "/events?session_id=o") as response:
             reader = SSEReader(response)
@@ -352,7 +352,7 @@ async def test_a_failing_session_task_or_late_publish_never_takes_the_server_dow
 
     async with client.stream("GET", "/events?session_id=late"):
         pass
-    live = server.sessions._live["late"]
+    live = server.sessions.lookup("late")
 
     async def broken() -> None:
         raise RuntimeError("bug in a session task")
@@ -363,30 +363,3 @@ async def test_a_failing_session_task_or_late_publish_never_takes_the_server_dow
     with pytest.raises(SessionNotFound):
         await server.sessions.publish(live, {"too": "late"})
     assert (await client.get("/healthz")).status_code == 200
-
-
-async def test_post_stream_replays_what_is_held_after_a_gap_and_still_delivers_the_reply() -> None:
-    """A reader of a request's SSE reply that fell behind the bounded log is told what is gone
-    and still gets the reply (the newest message, which the log always keeps)."""
-    from datapulse.core.sse import SSEParser
-    from datapulse.net.streaming import MessageBuffer
-
-    buffer = MessageBuffer(7, max_events=3, max_bytes=10_000)
-    for i in range(10):
-        await buffer.push(
-            b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"n":%d}}' % i
-        )
-    await buffer.push(b'{"jsonrpc":"2.0","id":1,"result":{}}')
-    buffer.finish()
-    written = b""
-
-    async def write(data: bytes) -> None:
-        nonlocal written
-        written += data
-
-    with trio.fail_after(2):
-        await buffer.write_to(write, after=0, ping_interval_s=5)
-    assert b": error" in written and b"replay_gone" in written
-    events = SSEParser().feed(written)
-    assert [e.id for e in events] == ["7-9", "7-10", "7-11"]
-    assert events[-1].data == '{"jsonrpc":"2.0","id":1,"result":{}}'

@@ -79,7 +79,7 @@ class Leaks:
             "per_address": sum(server.http.per_address.values()),
             "sessions": len(server.sessions),
             "store_sessions": len(server.store._records),  # type: ignore[attr-defined]
-            "attachments": sum(s.attachment is not None for s in live),
+            "attachments": sum(s.stream is not None for s in live),
             "session_tasks": sum(s.running for s in live),
             "owned": sum(server.sessions._owned.values()),  # per-principal session counts
         }

@@ -55,7 +55,6 @@ LIMIT_FIELDS = [
     "write_timeout_s",
     "replay_events",
     "replay_bytes",
-    "stream_queue_events",
 ]
 
 

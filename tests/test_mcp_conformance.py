@@ -30,7 +30,7 @@ from mcp_types import methods as schema
 
 from datapulse import Config, Server
 from datapulse.auth.verifier import BearerVerifier, ChainVerifier, Principal
-from datapulse.core import mcp
+from datapulse.core import mcp, mcp_http
 from datapulse.core.sse import SSEEvent, SSEParser
 from datapulse.tools.registry import ToolContext
 from tests.conftest import AUTH, SSEReader, make_config, raw_exchange, start_server
@@ -309,6 +309,22 @@ async def test_c08_sse_unparseable_post_is_400_and_the_session_survives(env: Env
         good = await env.http.post(legacy.endpoint, headers=BASE, json=init_body())
         assert good.status_code == 202
         assert (await next_message(legacy.reader))[1]["id"] == 1
+
+
+async def test_c71_sse_batched_initialize_is_400_before_the_202(env: Env) -> None:
+    """The batch runs after the 202, so this must be refused while the POST can still say so
+    (it used to be accepted, then fail inside the session's task with nothing sent)."""
+    async with AsyncExitStack() as stack:
+        legacy = await open_legacy(env, stack)
+        await env.http.post(legacy.endpoint, headers=BASE, json=init_body("2024-11-05"))
+        assert (await next_message(legacy.reader))[1]["id"] == 1
+        batch = [init_body("2024-11-05"), rpc("ping", id=2)]
+        refused = await env.http.post(legacy.endpoint, headers=BASE, json=batch)
+        assert refused.status_code == 400
+        assert (
+            await env.http.post(legacy.endpoint, headers=BASE, json=[rpc("ping", id=3)])
+        ).status_code == 202
+        assert (await next_message(legacy.reader))[1] == {"jsonrpc": "2.0", "id": 3, "result": {}}
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
@@ -1396,7 +1412,7 @@ async def test_c115_c116_c117_mcp_param_headers_mirror_annotated_arguments(
 
 async def test_c118_our_header_annotations_are_valid(env: Env) -> None:
     for tool in env.server.registry:
-        assert mcp.invalid_header_annotation(tool.input_schema) is None, tool.name
+        assert mcp_http.invalid_header_annotation(tool.input_schema) is None, tool.name
     bad_schemas = [
         {"type": "object", "properties": {"a": {"type": "number", "x-mcp-header": "A"}}},
         {"type": "object", "properties": {"a": {"type": "string", "x-mcp-header": "A B"}}},
@@ -1410,7 +1426,7 @@ async def test_c118_our_header_annotations_are_valid(env: Env) -> None:
         {"type": "object", "items": {"type": "string", "x-mcp-header": "A"}},
     ]
     for bad in bad_schemas:
-        assert mcp.invalid_header_annotation(bad) is not None, bad
+        assert mcp_http.invalid_header_annotation(bad) is not None, bad
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 import orjson
 import pytest
@@ -11,22 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from datapulse.core import mcp
-from datapulse.core.jsonrpc import Request
 from datapulse.errors import InvalidParams
-from datapulse.tools.registry import Tool, ToolContext
 
-
-async def _noop(args: dict[str, Any], ctx: ToolContext) -> Any:
-    return None
-
-
-PLAIN = Tool("plain", "no schema", _noop)
-TYPED = Tool(
-    "typed",
-    "with output schema",
-    _noop,
-    output_schema={"type": "object", "properties": {"n": {"type": "integer"}}},
-)
+# core.mcp takes tools as plain values: a tools/list entry, an output schema.
+OUTPUT_SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}}
+TYPED_ENTRY = {
+    "name": "typed",
+    "description": "with output schema",
+    "inputSchema": {"type": "object", "properties": {}},
+    "outputSchema": OUTPUT_SCHEMA,
+}
 
 META = {
     mcp.META_PROTOCOL_VERSION: mcp.MODERN_VERSION,
@@ -122,37 +115,39 @@ def test_paginate_property(n: int, size: int) -> None:
 
 
 def test_list_tools_hides_output_schema_before_0618() -> None:
-    old = mcp.list_tools_result([TYPED], "2025-03-26")["tools"][0]
-    new = mcp.list_tools_result([TYPED], "2025-06-18")["tools"][0]
+    old = mcp.list_tools_result([TYPED_ENTRY], "2025-03-26")["tools"][0]
+    new = mcp.list_tools_result([TYPED_ENTRY], "2025-06-18")["tools"][0]
     assert "outputSchema" not in old and new["outputSchema"]["type"] == "object"
     assert new["inputSchema"]["type"] == "object"
+    assert "outputSchema" in TYPED_ENTRY  # the caller's entries are copied, not edited
 
 
 # -- tool results -------------------------------------------------------------------------------
 
 
 def test_tool_call_result_text_and_json() -> None:
-    assert mcp.tool_call_result(PLAIN, "hi", "2025-11-25") == {
+    assert mcp.tool_call_result("hi", "2025-11-25") == {
         "content": [{"type": "text", "text": "hi"}],
         "isError": False,
     }
-    result = mcp.tool_call_result(PLAIN, {"a": 1}, "2025-11-25")
+    result = mcp.tool_call_result({"a": 1}, "2025-11-25")
     assert orjson.loads(result["content"][0]["text"]) == {"a": 1}
     assert "structuredContent" not in result
-    assert mcp.tool_call_result(PLAIN, None, "2025-11-25")["content"] == []
+    assert mcp.tool_call_result(None, "2025-11-25")["content"] == []
 
 
 def test_structured_content_only_with_schema_and_0618() -> None:
-    result = mcp.tool_call_result(TYPED, {"n": 1}, "2025-06-18")
+    result = mcp.tool_call_result({"n": 1}, "2025-06-18", output_schema=OUTPUT_SCHEMA)
     assert result["structuredContent"] == {"n": 1}
     assert orjson.loads(result["content"][0]["text"]) == {"n": 1}
-    assert "structuredContent" not in mcp.tool_call_result(TYPED, {"n": 1}, "2025-03-26")
+    old = mcp.tool_call_result({"n": 1}, "2025-03-26", output_schema=OUTPUT_SCHEMA)
+    assert "structuredContent" not in old
 
 
 def test_tool_output_passthrough() -> None:
     image = {"type": "image", "data": "AAAA", "mimeType": "image/png"}
     out = mcp.ToolOutput([image], structured_content={"k": 1}, is_error=True)
-    assert mcp.tool_call_result(PLAIN, out, "2025-11-25") == {
+    assert mcp.tool_call_result(out, "2025-11-25") == {
         "content": [image],
         "structuredContent": {"k": 1},
         "isError": True,
@@ -161,7 +156,7 @@ def test_tool_output_passthrough() -> None:
 
 def test_unserialisable_output_is_type_error() -> None:
     with pytest.raises(TypeError):
-        mcp.tool_call_result(PLAIN, object(), "2025-11-25")
+        mcp.tool_call_result(object(), "2025-11-25")
 
 
 def test_tool_error_result() -> None:
@@ -259,12 +254,9 @@ def test_unsupported_version_error() -> None:
 
 
 def test_missing_capability() -> None:
-    meta = mcp.ModernMeta(mcp.MODERN_VERSION, {"roots": {}})
-    mcp.require_client_capability(meta, "roots")
-    with pytest.raises(mcp.MissingClientCapability) as info:
-        mcp.require_client_capability(meta, "sampling")
-    assert info.value.jsonrpc_code == -32021
-    assert info.value.extra["data"] == {"requiredCapabilities": {"sampling": {}}}
+    exc = mcp.MissingClientCapability("sampling")
+    assert (exc.jsonrpc_code, exc.http_status) == (-32021, 400)
+    assert exc.extra["data"] == {"requiredCapabilities": {"sampling": {}}}
 
 
 def test_discover_and_modern_result() -> None:
@@ -280,64 +272,3 @@ def test_discover_and_modern_result() -> None:
 def test_modern_result_keeps_existing_meta() -> None:
     result = mcp.modern_result({"_meta": {"k": 1}}, {"name": "n", "version": "v"})
     assert result["_meta"] == {"k": 1, mcp.META_SERVER_INFO: {"name": "n", "version": "v"}}
-
-
-@pytest.mark.parametrize(
-    ("code", "status"),
-    [
-        (None, 200),
-        (-32600, 400),
-        (-32602, 400),
-        (-32020, 400),
-        (-32021, 400),
-        (-32022, 400),
-        (-32700, 400),
-        (-32601, 404),
-        (-32603, 500),
-        (-32000, 429),
-        (-1, 200),
-    ],
-)
-def test_modern_http_status(code: int | None, status: int) -> None:
-    assert mcp.modern_http_status(code) == status
-
-
-def _call(name: str = "echo") -> Request:
-    return Request(1, "tools/call", {"name": name, "_meta": META})
-
-
-def _headers(**extra: str) -> dict[str, str]:
-    headers = {
-        "mcp-protocol-version": mcp.MODERN_VERSION,
-        "mcp-method": "tools/call",
-        "mcp-name": "echo",
-    }
-    headers.update(extra)
-    return headers
-
-
-def test_routing_headers_match() -> None:
-    mcp.check_routing_headers(_call(), _headers())
-    b64 = base64.b64encode(b"echo").decode()
-    mcp.check_routing_headers(_call(), _headers(**{"mcp-name": f"=?base64?{b64}?="}))
-    name = "héllo wörld"
-    b64 = base64.b64encode(name.encode()).decode()
-    mcp.check_routing_headers(_call(name), _headers(**{"mcp-name": f"=?base64?{b64}?="}))
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        _headers(**{"mcp-protocol-version": "2025-11-25"}),
-        {k: v for k, v in _headers().items() if k != "mcp-protocol-version"},
-        _headers(**{"mcp-method": "TOOLS/CALL"}),
-        {k: v for k, v in _headers().items() if k != "mcp-method"},
-        _headers(**{"mcp-name": "other"}),
-        {k: v for k, v in _headers().items() if k != "mcp-name"},
-        _headers(**{"mcp-name": "=?base64?!!!?="}),
-    ],
-)
-def test_routing_headers_mismatch(headers: dict[str, str]) -> None:
-    with pytest.raises(mcp.HeaderMismatch) as info:
-        mcp.check_routing_headers(_call(), headers)
-    assert (info.value.jsonrpc_code, info.value.http_status) == (-32020, 400)

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from datapulse.net.pinger import COALESCE_S, Pinger
+from datapulse.live.pinger import COALESCE_S, Pinger
 
 
 class Stream:

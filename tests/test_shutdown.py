@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import trio
 
 from .conftest import TOKEN, start_server
+from .fakes import FakeBody
 from .test_backpressure import (
     AUTH_HEADER,
     RawClient,
@@ -244,6 +246,14 @@ async def test_a_stream_attached_while_draining_is_told_at_once(nursery: trio.Nu
     busy = await sessions.create("p", "events")
     sessions.spawn(busy, trio.sleep_forever)
     sessions.close_all_streams("shutdown")
-    assert sessions.attach(idle).close_reason == "shutdown"
-    assert sessions.attach(busy).close_reason is None  # it has a call in flight
-    await sessions.close(busy, "done")
+    with trio.fail_after(5):
+        told = FakeBody()
+        await sessions.stream_session(idle, told, resume_after=None)  # returns by itself
+        assert told.written.endswith(b'event: close\ndata: {"reason":"shutdown"}\n\n')
+        waiting = FakeBody()
+        async with trio.open_nursery() as streams:
+            streams.start_soon(partial(sessions.stream_session, busy, waiting, resume_after=None))
+            await waiting.waiting.wait()  # parked with its call still in flight: no goodbye yet
+            assert b"event: close" not in waiting.written
+            await sessions.close(busy, "done")
+        assert waiting.written.endswith(b'event: close\ndata: {"reason":"done"}\n\n')

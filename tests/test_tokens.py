@@ -18,6 +18,8 @@ from datapulse.core.tokens import (
     check_claims,
     check_header,
     clean_description,
+    enforced_scopes,
+    has_scope,
     invalid_token_challenge,
     parse_claims,
     parse_header,
@@ -122,6 +124,32 @@ def test_bad_types() -> None:
 
 def test_huge_numeric_dates_do_not_crash() -> None:
     assert check(claims(exp=10**400)).expires_at == 10**400
+
+
+def test_wildcard_scope_is_read_in_one_place() -> None:
+    assert enforced_scopes(frozenset({"*"})) is None
+    assert enforced_scopes(frozenset({"*", "a"})) is None
+    assert enforced_scopes(frozenset({"a"})) == {"a"}
+    assert enforced_scopes(frozenset()) == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("granted", "needed", "ok"),
+    [
+        (None, "admin", True),  # authorization off
+        (frozenset(), None, True),
+        (frozenset(), "", True),
+        (frozenset(), "admin", False),
+        (frozenset({"read"}), "admin", False),
+        (frozenset({"admin"}), "admin", True),
+        (frozenset({"*"}), "admin", True),  # the local token's wildcard
+    ],
+)
+def test_has_scope(granted: frozenset[str] | None, needed: str | None, ok: bool) -> None:
+    assert has_scope(granted, needed) is ok
+    # A session given the raw grant and one given enforced_scopes() decide the same.
+    normalised = None if granted is None else enforced_scopes(granted)
+    assert has_scope(normalised, needed) is ok
 
 
 def test_scopes() -> None:

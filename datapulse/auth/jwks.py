@@ -18,7 +18,6 @@ without sockets; ``JwksCache`` is the thin Trio part.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from authlib.oidc.discovery import OpenIDProviderMetadata
 from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry, Key, KeySet
 
+from datapulse.core.loopback import is_loopback_host
 from datapulse.core.tokens import find_key
 from datapulse.errors import ServiceUnavailable
 
@@ -54,19 +54,6 @@ class DiscoveryError(KeySourceError):
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
-
-
-def is_loopback_host(host: str) -> bool:
-    """127.0.0.0/8, ::1 (also IPv4-mapped) and the name ``localhost``."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def require_secure_url(url: str, *, what: str) -> str:

@@ -122,8 +122,3 @@ class InsufficientScope(Forbidden):
     @property
     def headers(self) -> list[tuple[str, str]]:
         return [("WWW-Authenticate", self.challenge)]
-
-
-def has_scope(granted: frozenset[str], needed: str | None) -> bool:
-    """``*`` is the local token's wildcard: it holds every scope."""
-    return not needed or "*" in granted or needed in granted

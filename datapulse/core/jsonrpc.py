@@ -2,7 +2,7 @@
 
 Sans-IO like ``h11``: ``parse_message`` turns one body (or WebSocket frame, or SSE ``data``) into
 small frozen dataclasses, and the ``encode_*`` helpers turn replies into bytes. Nothing here knows
-about MCP methods or transports; ``datapulse.core.mcp`` and ``datapulse.dispatch`` build on it.
+about MCP methods or transports; ``datapulse.core.mcp`` and ``datapulse.protocol`` build on it.
 
 Every way a body can be unreadable ends in one of two typed errors, so callers need exactly two
 ``except`` clauses: ``ParseError`` (-32700, not JSON at all, or nested past orjson's own limit)
@@ -246,22 +246,3 @@ def encode_error(request_id: RequestId | None, code: int, message: str, data: An
     if data is not None:
         error["data"] = data
     return _dump({"jsonrpc": "2.0", "id": request_id, "error": error})
-
-
-def encode_message(message: Message) -> bytes:
-    """Any message back to bytes; ``parse_message(encode_message(m)) == m``."""
-    match message:
-        case Request(request_id, method, params):
-            return encode_request(request_id, method, params)
-        case Notification(method, params):
-            return encode_notification(method, params)
-        case Response(request_id, result):
-            return encode_result(request_id, result)
-        case ErrorResponse(request_id, ErrorObject(code, text, data)):
-            return encode_error(request_id, code, text, data)
-    raise TypeError(f"not a JSON-RPC message: {message!r}")  # pragma: no cover
-
-
-def encode_batch(parts: Iterable[bytes]) -> bytes:
-    """Join already-encoded replies into one JSON array (the JSON-mode answer to a batch)."""
-    return b"[" + b",".join(parts) + b"]"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+from datapulse.core.loopback import is_loopback_host
 
 
 def _host_only(netloc: str) -> str:
@@ -24,8 +24,8 @@ def _host_only(netloc: str) -> str:
 
 
 def is_loopback_name(host: str) -> bool:
-    host = _host_only(host)
-    return host in LOOPBACK_NAMES or host.startswith("127.")
+    """``host`` may carry a port (a ``Host`` header, an origin's netloc)."""
+    return is_loopback_host(_host_only(host))
 
 
 def parse_origins(csv: str) -> frozenset[str]:

@@ -12,8 +12,9 @@ import secrets
 from dataclasses import dataclass
 
 # Visible ASCII (0x21-0x7E) is what MCP allows in Mcp-Session-Id; we apply it to every session id
-# so ids are safe in headers, URLs and logs.
-_SESSION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+# so ids are safe in headers, URLs and logs. Checked with fullmatch: with match, ``$`` would also
+# match before a trailing newline and let "abc\n" through into a header.
+_SESSION_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 def new_session_id() -> str:
@@ -22,7 +23,7 @@ def new_session_id() -> str:
 
 
 def valid_session_id(value: str) -> bool:
-    return bool(_SESSION_ID.match(value))
+    return _SESSION_ID.fullmatch(value) is not None
 
 
 @dataclass

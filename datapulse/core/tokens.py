@@ -182,6 +182,27 @@ def parse_scopes(claims: Mapping[str, object]) -> frozenset[str]:
     return frozenset(scopes)
 
 
+# The local bearer token's grant: it holds every scope (see ``auth.verifier.BearerVerifier``).
+WILDCARD_SCOPE = "*"
+
+
+def enforced_scopes(granted: frozenset[str]) -> frozenset[str] | None:
+    """The scopes a session enforces for a principal's grant; None means "no limit" (wildcard).
+
+    The one place the wildcard is read, so a session given ``principal.scopes`` as they are and one
+    given this function's answer decide every tool the same way (``has_scope``).
+    """
+    return None if WILDCARD_SCOPE in granted else granted
+
+
+def has_scope(granted: frozenset[str] | None, needed: str | None) -> bool:
+    """Whether ``granted`` (None: authorization off) covers ``needed`` (None or "": no scope)."""
+    if not needed or granted is None:
+        return True
+    limit = enforced_scopes(granted)
+    return limit is None or needed in limit
+
+
 def _describe(error: JoseError) -> str:
     if isinstance(error, ExpiredTokenError):
         return "token expired"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -41,9 +40,11 @@ from datapulse.net.http import (
     Request,
     Response,
     StreamingResponse,
+    TaskStarter,
     Upgrade,
     encode_raw_response,
 )
+from datapulse.net.writer import ClientGone, SocketWriter
 
 log = logging.getLogger("datapulse.http")
 
@@ -107,55 +108,66 @@ class _ReplayStream(trio.abc.Stream):
         await self._inner.aclose()
 
 
-class _BodyWriter:
-    """Writes a streamed body: ``await writer(chunk)``, or ``writer.write_now(chunk)`` from
-    another task when nothing else is being written (the shared pinger uses it so an idle
-    stream's task need not even wake up for a ping).
+class _ResponseBody:
+    """A streamed response body as its producer sees it (``net.http.BodyStream``).
 
-    HTTP/1.1 bodies are chunked, framed here by hand: h11's chunked writer keeps no state, so
-    this is equivalent and skips building and validating an event per write. HTTP/1.0 bodies are
-    delimited by closing the connection and go through h11 unchanged.
+    Writes go through the connection's ``SocketWriter``. HTTP/1.1 bodies are chunked, framed here
+    by hand: h11's chunked writer keeps no state, so this is equivalent and skips building and
+    validating an event per write. HTTP/1.0 bodies are delimited by closing the connection and go
+    through h11 unchanged.
+
+    ``wait()`` is where an idle stream spends its life: it reads the socket (EOF is how a client
+    leaves; a pipelined request is kept for h11's next cycle) until another task calls ``wake()``.
+    So a stream is one task, and its disconnect is an event it sees, not a second task's cancel.
     """
 
     def __init__(self, connection: HTTPConnection) -> None:
         self._connection = connection
+        self._writer = connection.writer
         self._chunked = connection.conn.their_http_version == b"1.1"
-        self._busy = False
-        self._pending = b""
+        self._woken = False
+        self._wait_scope: trio.CancelScope | None = None
 
     def _frame(self, chunk: bytes) -> bytes:
         if self._chunked:
             return b"%x\r\n%b\r\n" % (len(chunk), chunk)
         return self._connection.conn.send(h11.Data(data=chunk)) or b""
 
-    async def __call__(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        data = self._pending + self._frame(chunk)
-        self._pending = b""
-        self._busy = True
-        try:
-            await self._connection._send_bytes(data)
-        finally:
-            self._busy = False
+    async def write(self, chunk: bytes) -> None:
+        if chunk:
+            await self._writer.write(self._frame(chunk))
+        elif self._writer.has_pending:
+            await self._writer.flush()
 
-    def write_now(self, chunk: bytes) -> bool:
-        """Write without waiting if the socket takes it now; False if the caller must await."""
-        fd = self._connection._fd
-        if self._busy or fd < 0:
-            return False
-        data = self._pending + self._frame(chunk)
-        try:
-            sent = os.write(fd, data)
-        except OSError:  # would block, or the peer is gone: let the awaiting path find out
-            return False
-        # A partial write leaves the rest for the next write, which always sends it first.
-        self._pending = data[sent:]
+    def try_write(self, chunk: bytes) -> bool:
+        return self._writer.try_write(self._frame(chunk))
+
+    @property
+    def needs_flush(self) -> bool:
+        return self._writer.has_pending
+
+    def wake(self) -> None:
+        self._woken = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    async def wait(self) -> bool:
+        if self._woken:
+            self._woken = False
+            await trio.lowlevel.checkpoint()
+            return True
+        with trio.CancelScope() as scope:
+            self._wait_scope = scope
+            try:
+                if self._connection.watching:
+                    # The request's own tasks run beside us, and with them the disconnect
+                    # watcher, which already reads the socket (and cancels us on EOF).
+                    await trio.sleep_forever()
+                return await self._connection.read_while_busy()
+            finally:
+                self._wait_scope = None
+        self._woken = False
         return True
-
-
-class _ClientGone(Exception):
-    """The peer closed its side; nothing more can be written usefully."""
 
 
 class HTTPConnection:
@@ -177,40 +189,15 @@ class HTTPConnection:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
         # Cancelled by the server at shutdown while we wait for a next request (idle keep-alive).
         self.idle_scope: trio.CancelScope | None = None
-        socket = getattr(stream, "socket", None)
-        self._fd: int = socket.fileno() if socket is not None else -1
+        self.writer = SocketWriter(stream, config.write_timeout_s, self.peer)
+        self.watching = False
+        """The disconnect watcher runs (the request started tasks of its own)."""
+        self.client_gone = False
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def _send_bytes(self, data: bytes) -> None:
-        # Fast path: almost every write fits in the socket's send buffer, so try it without
-        # blocking first. This skips a CancelScope (the write timeout) and trio's send machinery
-        # per write, which is most of the cost of a ping or a small event. Only this task writes
-        # to the connection, so bypassing trio's own conflict detection is safe.
-        if self._fd >= 0:
-            try:
-                sent = os.write(self._fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                raise _ClientGone from None
-            if sent == len(data):
-                return
-            data = data[sent:]
-        try:
-            with trio.fail_after(self.config.write_timeout_s):
-                await self.stream.send_all(data)
-        except trio.TooSlowError:
-            log.info(
-                "write timed out after %ss; closing %s", self.config.write_timeout_s, self._peer
-            )
-            raise _ClientGone from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise _ClientGone from None
-
     async def _send(self, *events: h11.Event) -> None:
-        data = b"".join(self.conn.send(event) or b"" for event in events)
-        await self._send_bytes(data)
+        await self.writer.write(b"".join(self.conn.send(event) or b"" for event in events))
 
     def _response_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         out = [SERVER_HEADER, ("Date", _DateCache.now()), *headers]
@@ -220,13 +207,11 @@ class HTTPConnection:
 
     async def _send_fatal(self, exc: DatapulseError) -> None:
         """Answer an unreadable request with raw bytes and give up on the connection."""
-        data = encode_raw_response(exc.http_status, exc.error, exc.detail, exc.headers)
-        with trio.move_on_after(1):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.stream.send_all(data)
+        with trio.move_on_after(1), contextlib.suppress(ClientGone):
+            await self.writer.write(encode_raw_response(exc))
 
     @property
-    def _peer(self) -> str:
+    def peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "peer"
 
     # -- reading ---------------------------------------------------------------------------
@@ -318,21 +303,28 @@ class HTTPConnection:
 
     # -- responding ------------------------------------------------------------------------
 
-    async def _watch_disconnect(self, scope: trio.CancelScope) -> None:
-        """Read while the handler runs: EOF cancels the handler; data is kept for next cycle."""
+    async def read_while_busy(self) -> bool:
+        """Read while a response is in progress; False once the client has gone (EOF).
+
+        Bytes that arrive are fed to h11 for the next cycle (a pipelined request). Past
+        ``max_header_bytes`` of them we stop reading (TCP backpressure) until the response is done.
+        """
         while True:
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
-                scope.cancel()
-                return
+                self.client_gone = True
+                return False
             self.conn.receive_data(bytes(data))
             if len(self.conn.trailing_data[0]) > self.config.max_header_bytes:
-                # A client pipelining more than we will buffer: stop reading (TCP backpressure)
-                # until this response is done.
                 await trio.sleep_forever()
+
+    async def _watch_disconnect(self, scope: trio.CancelScope) -> None:
+        """Beside a request's own tasks: EOF cancels them and the response."""
+        if not await self.read_while_busy():
+            scope.cancel()
 
     async def respond(self, request: Request) -> bool:
         """Run the app for ``request`` and write its response. Returns False to close."""
@@ -340,20 +332,14 @@ class HTTPConnection:
         completed = False
         upgrade: Upgrade | None = None
         async with trio.open_nursery() as nursery:
-            # The disconnect watcher is started only for work that can outlive a quick answer:
-            # a streamed body, or a task the handler starts for this request. A plain request
-            # and response (most RPCs) skips spawning it and cancelling it again.
-            watching = False
-
-            def watch() -> None:
-                nonlocal watching
-                if not watching:
-                    watching = True
+            # The disconnect watcher runs only beside tasks the handler starts for this request
+            # (they must not outlive their client). A plain answer needs none, and a streamed
+            # body watches for the disconnect itself, in its own wait().
+            def start_task(fn: TaskStarter) -> None:
+                if not self.watching:
+                    self.watching = True
                     nursery.start_soon(self._watch_disconnect, nursery.cancel_scope)
-
-            def start_task(fn: Callable[..., Awaitable[object]], *args: object) -> None:
-                watch()
-                nursery.start_soon(fn, *args)
+                nursery.start_soon(fn)
 
             request.start_task = start_task
             try:
@@ -363,10 +349,9 @@ class HTTPConnection:
                 elif isinstance(response, Response):
                     await self._write_response(response, head_only)
                 else:
-                    watch()
                     await self._write_stream(response, head_only)
-                completed = True
-            except _ClientGone:
+                completed = not self.client_gone
+            except ClientGone:
                 pass
             except Exception:
                 # The app turns its errors into responses; reaching here is a bug in a stream
@@ -374,15 +359,16 @@ class HTTPConnection:
                 log.exception("response to %s %s failed", request.method, request.path)
             # Stops the watcher and the request's tasks; a cancelled receive_some consumes no
             # bytes, so nothing the client sent is lost to an upgrade or the next request.
-            if watching:
+            if self.watching:
                 nursery.cancel_scope.cancel()
+        self.watching = False
         if upgrade is not None and completed:
             await upgrade.run(
                 _ReplayStream(_request_head(request) + self.conn.trailing_data[0], self.stream)
             )
             return False
         if not completed:
-            log.debug("closing %s after %s %s", self._peer, request.method, request.path)
+            log.debug("closing %s after %s %s", self.peer, request.method, request.path)
         return completed and self.conn.our_state is h11.DONE
 
     async def _write_response(self, response: Response, head_only: bool) -> None:
@@ -399,10 +385,11 @@ class HTTPConnection:
         headers = self._response_headers(response.headers)
         await self._send(_response_head(response.status, headers))
         if not head_only:
-            writer = _BodyWriter(self)
-            await response.body(writer)
-            if writer._pending:  # the tail of a partial write_now
-                await self._send_bytes(writer._pending)
+            body = _ResponseBody(self)
+            await response.body(body)
+            if self.client_gone:
+                return
+            await self.writer.flush()  # the tail of a partial try_write
         await self._send(h11.EndOfMessage())
 
     async def run(self) -> None:
@@ -411,7 +398,7 @@ class HTTPConnection:
             try:
                 request = await self.read_request(first)
             except DatapulseError as exc:
-                log.info("%s from %s: %s", exc.http_status, self._peer, exc.detail)
+                log.info("%s from %s: %s", exc.http_status, self.peer, exc.detail)
                 await self._send_fatal(exc)
                 return
             if request is None:
@@ -441,15 +428,15 @@ async def serve_connection(
         on_open(connection)
     try:
         await connection.run()
-    except _ClientGone:
+    except ClientGone:
         pass
     except Exception:
         # A bug in our code: log it, never let it reach another connection or the client.
-        log.exception("connection %s failed", connection._peer)
+        log.exception("connection %s failed", connection.peer)
     finally:
         if on_close:
             on_close(connection)
         # The descriptor number is about to be freed and may be reused by the next accepted
         # connection: no fast-path write may ever target it again.
-        connection._fd = -1
+        connection.writer.close()
         await trio.aclose_forcefully(stream)

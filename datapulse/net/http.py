@@ -1,9 +1,14 @@
 """HTTP request/response values and the one place errors become HTTP responses.
 
-Handlers receive a ``Request`` and return a ``Response`` (a complete body) or a
-``StreamingResponse`` (a body produced by an async function, sent chunked). ``error_response``
-is the only function that maps a ``DatapulseError`` to a status, so every error body has the
-same short JSON shape: ``{"error": "<name>", "detail": "<human text>"}``.
+Handlers receive a ``Request`` and return a ``Response`` (a complete body), a
+``StreamingResponse`` (a body produced by an async function, sent chunked) or an ``Upgrade``.
+
+Errors: a ``DatapulseError`` carries its own HTTP status and JSON-RPC code. Two functions turn
+one into a response, and a route picks one of them (``ErrorStyle``): ``error_response`` gives
+every plain-HTTP endpoint the same short JSON body, ``{"error": "<name>", "detail": "<text>"}``;
+``jsonrpc_error_response`` gives MCP endpoints a JSON-RPC error object, which is what MCP
+clients parse. ``encode_raw_response`` frames the first kind as bytes for the cases h11 cannot
+(an unreadable request, a refused connection).
 """
 
 from __future__ import annotations
@@ -11,20 +16,73 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import orjson
 
-from datapulse.errors import DatapulseError
+from datapulse.auth.verifier import Principal
+from datapulse.core.jsonrpc import RequestId, encode_error
+from datapulse.core.media import media_type
+from datapulse.errors import DatapulseError, Unauthorized
 
 log = logging.getLogger("datapulse.http")
 
 Headers = list[tuple[str, str]]
-BodyWriter = Callable[[bytes], Awaitable[None]]
+TaskStarter = Callable[[], Awaitable[object]]
 
 JSON_HEADERS: Headers = [("Content-Type", "application/json")]
+
+
+class BodyStream(Protocol):
+    """A streamed response body as its producer sees it (the connection implements it).
+
+    Only the producer's task awaits ``write`` and ``wait``; any task may ``try_write`` (a
+    publisher, the pinger) and ``wake`` it. Every write goes through the connection's one
+    ``SocketWriter``, so chunks never interleave.
+    """
+
+    async def write(self, chunk: bytes) -> None:
+        """Write a chunk, waiting at most ``write_timeout_s``; ``ClientGone`` if it cannot.
+        An empty chunk only flushes what a partial ``try_write`` left behind."""
+
+    def try_write(self, chunk: bytes) -> bool:
+        """Write a chunk now if the socket takes it without waiting; False if not written."""
+
+    @property
+    def needs_flush(self) -> bool:
+        """A ``try_write`` left part of its chunk unsent: the producer must ``write(b"")``."""
+
+    def wake(self) -> None:
+        """End the producer's current (or next) ``wait``; callable from any task."""
+
+    async def wait(self) -> bool:
+        """Idle until ``wake`` (True) or until the client has gone (False)."""
+
+
+class ErrorStyle(Enum):
+    """How a route answers errors: plain JSON (``error_response``) or JSON-RPC."""
+
+    HTTP = "http"
+    JSONRPC = "jsonrpc"
+
+
+@dataclass(frozen=True)
+class StreamTicket:
+    """The stream ticket a request was authenticated with (rules in ``auth.tickets``).
+
+    ``first_use``: this request spent it; the transport binds it to the session its stream
+    opens, once that has succeeded, so a refused open (404, 429) leaves nothing behind.
+    """
+
+    value: str
+    first_use: bool
+
+
+def _no_connection(fn: TaskStarter) -> None:
+    raise RuntimeError("this request is not being served by a connection")
 
 
 @dataclass
@@ -37,12 +95,14 @@ class Request:
     body: bytes = b""
     client: tuple[str, int] | None = None
     http_version: str = "1.1"
-    # Filled in by the router after authentication.
-    principal: Any = None
-    # ``start_task(fn, *args)``: run fn for this request; it is cancelled when the client
-    # disconnects or once the response is complete. Set by the connection.
-    start_task: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    principal: Principal | None = None
+    """Set by the router once the request is authenticated (None only on public routes)."""
+    start_task: Callable[[TaskStarter], None] = _no_connection
+    """``start_task(fn)``: run ``fn()`` for this request; it is cancelled when the client
+    disconnects or once the response is complete. Set by the connection."""
+    ticket: StreamTicket | None = None
+    """Set by the router when a ``?ticket=`` authenticated the request (browser streams)."""
+    _header_cache: dict[str, list[str]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_target(
@@ -68,12 +128,12 @@ class Request:
     def _header_map(self) -> dict[str, list[str]]:
         # Built once per request on first use: a request is asked for a dozen headers (auth,
         # Host, Origin, Accept, Content-Type, MCP's) and scanning the list each time adds up.
-        cached: dict[str, list[str]] | None = self.extra.get("_headers")
+        cached = self._header_cache
         if cached is None:
             cached = {}
             for key, value in self.headers:
                 cached.setdefault(key.decode("latin-1"), []).append(value.decode("latin-1"))
-            self.extra["_headers"] = cached
+            self._header_cache = cached
         return cached
 
     def header(self, name: str) -> str | None:
@@ -90,8 +150,16 @@ class Request:
         values = self.query.get(name)
         return values[0] if values else None
 
-    def json(self) -> Any:
-        return orjson.loads(self.body)
+    @property
+    def caller(self) -> Principal:
+        """The authenticated principal; only handlers of authenticated routes may ask."""
+        if self.principal is None:
+            raise Unauthorized("authentication required")
+        return self.principal
+
+    def media_type(self) -> str:
+        """The Content-Type without parameters, lowercased ('' when absent)."""
+        return media_type(self.header("content-type"))
 
     @property
     def client_host(self) -> str:
@@ -114,7 +182,7 @@ class StreamingResponse:
 
     status: int
     headers: Headers
-    body: Callable[[BodyWriter], Awaitable[None]]
+    body: Callable[[BodyStream], Awaitable[None]]
 
 
 @dataclass
@@ -125,7 +193,7 @@ class Upgrade:
     so the other protocol's handshake code can read the request as if it were first.
     """
 
-    run: Callable[[Any], Awaitable[None]]
+    run: Callable[[Any], Awaitable[None]]  # Any: a trio.abc.Stream; net/ is below trio's users
 
 
 def json_body(obj: Any) -> bytes:
@@ -141,7 +209,7 @@ def error_body(error: str, detail: str) -> bytes:
 
 
 def error_response(exc: DatapulseError) -> Response:
-    """The only mapping from a DatapulseError to an HTTP response."""
+    """A DatapulseError as a plain-HTTP response: its status, its headers, the JSON body."""
     return Response(
         exc.http_status,
         [*JSON_HEADERS, *exc.headers],
@@ -149,26 +217,45 @@ def error_response(exc: DatapulseError) -> Response:
     )
 
 
+def jsonrpc_error_body(exc: DatapulseError, request_id: RequestId | None = None) -> bytes:
+    """A DatapulseError as a JSON-RPC error message; ``data=...`` given to it is ``error.data``."""
+    if request_id is None:
+        request_id = exc.request_id
+    return encode_error(request_id, exc.jsonrpc_code, str(exc), exc.extra.get("data"))
+
+
+def jsonrpc_error_response(exc: DatapulseError, request_id: RequestId | None = None) -> Response:
+    """A DatapulseError as an MCP endpoint answers it: its status, a JSON-RPC error body."""
+    return Response(
+        exc.http_status, [*JSON_HEADERS, *exc.headers], jsonrpc_error_body(exc, request_id)
+    )
+
+
+def styled_error_response(
+    exc: DatapulseError, style: ErrorStyle, request_id: RequestId | None = None
+) -> Response:
+    if style is ErrorStyle.JSONRPC and not isinstance(exc, Unauthorized):
+        # 401s stay plain on every route: their WWW-Authenticate challenge is what clients read.
+        return jsonrpc_error_response(exc, request_id)
+    return error_response(exc)
+
+
 def internal_error_response() -> Response:
     """For bugs: a fixed body, because nothing about the exception may reach the client."""
     return Response(500, list(JSON_HEADERS), error_body("internal_error", "internal server error"))
 
 
-def encode_raw_response(
-    status: int, error: str, detail: str, headers: Headers | None = None
-) -> bytes:
-    """A complete ``Connection: close`` response as bytes, for errors h11 cannot frame.
-
-    Used when the request could not be read (timeout, protocol error, too many connections): at
-    that point h11's state machine may not allow a response, yet the client deserves one.
-    """
-    body = error_body(error, detail)
-    reason = HTTPStatus(status).phrase
+def encode_raw_response(exc: DatapulseError) -> bytes:
+    """``error_response(exc)`` as complete ``Connection: close`` bytes, for when h11 cannot frame
+    it: the request could not be read (timeout, protocol error), or the connection is refused
+    before anything was read (too many connections). The client still deserves an answer."""
+    body = error_body(exc.error, exc.detail or exc.error.replace("_", " "))
+    reason = HTTPStatus(exc.http_status).phrase
     lines = [
-        f"HTTP/1.1 {status} {reason}",
+        f"HTTP/1.1 {exc.http_status} {reason}",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
         "Connection: close",
-        *(f"{k}: {v}" for k, v in headers or []),
+        *(f"{k}: {v}" for k, v in exc.headers),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import trio
 
 from datapulse.config import Config
+from datapulse.errors import ConnectionLimit, ConnectionLimitPerAddress, DatapulseError
 from datapulse.net.connection import App, HTTPConnection, serve_connection
 from datapulse.net.http import encode_raw_response
 
@@ -64,14 +65,13 @@ class HTTPServer:
         self._shutdown.set()
 
     @staticmethod
-    async def _refuse(stream: trio.SocketStream, status: int, detail: str) -> None:
+    async def _refuse(stream: trio.SocketStream, refusal: DatapulseError) -> None:
         """Answer before reading anything, then close: one round trip for the refused client."""
-        data = encode_raw_response(status, "too_many_connections", detail, [("Retry-After", "1")])
         with (
             trio.move_on_after(1),
             contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
         ):
-            await stream.send_all(data)
+            await stream.send_all(encode_raw_response(refusal))
         await trio.aclose_forcefully(stream)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
@@ -80,12 +80,14 @@ class HTTPServer:
         address = peer[0] if peer else "-"
         if len(self.connections) >= cfg.max_connections:
             log.warning("connection limit (%d) reached; refusing", cfg.max_connections)
-            await self._refuse(stream, 503, "server is at its connection limit")
+            await self._refuse(stream, ConnectionLimit("server is at its connection limit"))
             return
         open_here = self.per_address.get(address, 0)
         if open_here >= cfg.max_connections_per_ip:
             log.warning("%s holds %d connections (limit per address); refusing", address, open_here)
-            await self._refuse(stream, 429, "too many open connections from your address")
+            await self._refuse(
+                stream, ConnectionLimitPerAddress("too many open connections from your address")
+            )
             return
         # No checkpoint between the checks and these counts: accepts cannot race past a limit.
         self.per_address[address] = open_here + 1

@@ -3,8 +3,9 @@
 A tool is a name, a description, a JSON Schema for its input (and optionally its output), an
 optional OAuth scope it requires, and an async handler ``handler(arguments, context)``. The
 registry validates arguments against the input schema before the handler runs, so handlers can
-trust their input's shape. Transports never call handlers directly: they go through
-``ToolRegistry.call`` so validation and error mapping are the same everywhere.
+trust their input's shape. Transports never call handlers directly: the protocol layer
+(``datapulse.protocol.methods``) checks arguments with ``validate_arguments`` and runs the tool
+with ``run``, so validation and error mapping are the same on every transport.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from typing import Any
 
 import jsonschema
 
+from datapulse.core.mcp_http import invalid_header_annotation
 from datapulse.errors import InvalidParams, UnknownTool
 
 ToolHandler = Callable[[dict[str, Any], "ToolContext"], Awaitable[Any]]
 ProgressSink = Callable[[float, float | None, str | None], Awaitable[None]]
 LogSink = Callable[[str, Any], Awaitable[None]]
 
-# MCP 2025-11-25 recommends 1-128 characters from this set; we enforce it at registration.
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+# MCP 2025-11-25 recommends 1-128 characters from this set; we enforce it at registration, with
+# fullmatch (``$`` alone would let a trailing newline through).
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 EMPTY_OBJECT_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
 
@@ -89,15 +92,12 @@ class ToolRegistry:
         self._validators: dict[str, jsonschema.protocols.Validator] = {}
 
     def add(self, tool: Tool) -> Tool:
-        if not _TOOL_NAME.match(tool.name):
+        if not _TOOL_NAME.fullmatch(tool.name):
             raise ValueError(f"tool name {tool.name!r} must be 1-128 of A-Z a-z 0-9 _ . -")
         if tool.name in self._tools:
             raise ValueError(f"tool {tool.name!r} is already registered")
         if tool.input_schema.get("type") != "object":
             raise ValueError(f"tool {tool.name!r}: inputSchema must have type 'object'")
-        # core.mcp imports this module, hence the deferred import.
-        from datapulse.core.mcp import invalid_header_annotation
-
         problem = invalid_header_annotation(dict(tool.input_schema))
         if problem is not None:
             raise ValueError(f"tool {tool.name!r}: {problem}")
@@ -165,12 +165,6 @@ class ToolRegistry:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
             raise InvalidParams(f"invalid arguments for {name} at {where}: {error.message}")
         return arguments
-
-    async def call(self, name: str, arguments: Any, context: ToolContext) -> Any:
-        """Validate and run a tool. Its own exceptions propagate; transports decide how to report."""
-        tool = self.get(name)
-        checked = self.validate_arguments(name, arguments)
-        return await tool.handler(checked, context)
 
     async def run(self, tool: Tool, checked_arguments: dict[str, Any], context: ToolContext) -> Any:
         """Run a tool whose arguments ``validate_arguments`` already accepted (no second check)."""

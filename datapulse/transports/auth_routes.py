@@ -6,7 +6,9 @@
   metadata; ``challenge_hook`` adds ``resource_metadata`` to every 401 so clients find it.
 * ``POST /tickets`` (authenticated): a short-lived stream ticket for a browser's EventSource;
   ``ticket_hook`` lets ``GET /events`` and ``GET /sse`` authenticate with ``?ticket=`` instead of
-  the header (rules in ``auth.tickets``). No other query parameter ever authenticates.
+  the header (rules in ``auth.tickets``). No other query parameter ever authenticates. The
+  transport calls ``bind_ticket`` once the stream's session is open, so the spent ticket can
+  resume that session, and only that one.
 * CORS: a ``before`` hook answers preflights, an ``after`` hook marks responses readable by
   allowed origins (policy in ``auth.cors``).
 * ``require_tool_scope``: the original API's ``POST /message`` refuses a tool call whose scope the
@@ -17,7 +19,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 import orjson
 import trio
@@ -28,42 +30,58 @@ from datapulse.auth.prm import (
     InsufficientScope,
     ProtectedResource,
     canonical_resource,
-    has_scope,
     with_resource_metadata,
 )
 from datapulse.auth.tickets import TicketBook, install_redactor, ticket_refused
 from datapulse.auth.verifier import Principal
+from datapulse.config import Config
 from datapulse.core.session import valid_session_id
+from datapulse.core.tokens import has_scope
 from datapulse.errors import BadRequest, Forbidden, SessionNotFound, Unauthorized
 from datapulse.errors import UnprocessableEntity as Unprocessable
-from datapulse.net.http import Request, Response, StreamingResponse, Upgrade, json_response
-from datapulse.net.sessions import LiveSession
+from datapulse.live.sessions import LiveSession, SessionManager
+from datapulse.net.http import (
+    Request,
+    Response,
+    StreamingResponse,
+    StreamTicket,
+    Upgrade,
+    json_response,
+)
+from datapulse.tools.registry import ToolRegistry
 from datapulse.transports import events as events_api
 from datapulse.transports import legacy_sse
-
-if TYPE_CHECKING:
-    from datapulse.server import Server
-    from datapulse.transports.router import Router
+from datapulse.transports.context import session_id_from
+from datapulse.transports.router import Router
 
 log = logging.getLogger("datapulse.auth")
 
 PRM_PATHS = frozenset({WELL_KNOWN, WELL_KNOWN + "/mcp"})
 TICKETS_PATH = "/tickets"
-BIND_TICKET = "bind_ticket"
-SESSION_CREATED = "on_session_created"
-"""``request.extra`` key: called with the LiveSession a ticket-authenticated ``/sse`` creates."""
 
 
 class AuthRoutes:
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.config = server.config
+    def __init__(
+        self,
+        config: Config,
+        registry: ToolRegistry,
+        sessions: SessionManager,
+        router: Router,
+        base_url: Callable[[], str | None],
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.sessions = sessions
+        self.router = router
+        self.base_url = base_url
+        """The URL the server listens on, once it does (for the RFC 9728 resource)."""
         self.tickets = TicketBook(clock=trio.current_time)
         self.cors = CorsPolicy(self.config.cors_origins)
         # Metadata (and resource_metadata in challenges) only when tokens come from an issuer.
         self.publishes_metadata = bool(self.config.jwt_issuer)
 
-    def install(self, router: Router) -> None:
+    def install(self) -> None:
+        router = self.router
         router.add("POST", TICKETS_PATH, self.post_ticket)
         router.ticket_hook = self.authenticate_ticket
         if self.publishes_metadata:
@@ -72,19 +90,18 @@ class AuthRoutes:
             router.challenge_hook = self.challenge
         router.before.append(self.preflight)
         router.after.append(self.add_cors_headers)
-        self.server.sessions.on_close.append(self._session_closed)
+        self.sessions.on_close.append(self._session_closed)
         install_redactor()
 
     # -- Protected Resource Metadata -----------------------------------------------------------
 
     @property
     def resource(self) -> ProtectedResource:
-        if self.config.resource_url:
-            base = self.config.resource_url
-        elif self.server.info is not None:
-            base = self.server.info.url
-        else:
-            base = f"http://{self.config.host}:{self.config.port}"
+        base = (
+            self.config.resource_url
+            or self.base_url()
+            or f"http://{self.config.host}:{self.config.port}"
+        )
         return ProtectedResource(
             canonical_resource(base), (self.config.jwt_issuer,) if self.config.jwt_issuer else ()
         )
@@ -94,7 +111,7 @@ class AuthRoutes:
 
     async def get_metadata(self, request: Request) -> Response:
         endpoint = request.path.removeprefix(WELL_KNOWN)
-        scopes = (tool.required_scope for tool in self.server.registry)
+        scopes = (tool.required_scope for tool in self.registry)
         document = self.resource.document(endpoint, scopes)
         return json_response(200, document, [("Cache-Control", "public, max-age=300")])
 
@@ -111,12 +128,11 @@ class AuthRoutes:
 
         Unknown tools and malformed names pass: they are reported on the stream as before.
         """
-        registry = self.server.registry
+        registry = self.registry
         if not isinstance(tool_name, str) or tool_name not in registry:
             return
         needed = registry.get(tool_name).required_scope
-        principal = request.principal
-        if needed is None or has_scope(principal.scopes, needed):
+        if needed is None or has_scope(request.caller.scopes, needed):
             return
         raise InsufficientScope(
             needed, what=f"tool {tool_name}", resource_metadata=self.metadata_url(request.path)
@@ -138,59 +154,46 @@ class AuthRoutes:
                 not isinstance(session_id, str) or not valid_session_id(session_id)
             ):
                 raise Unprocessable("field 'session_id' must be 1-128 visible ASCII characters")
-        ticket = self.tickets.issue(request.principal, session_id)
+        ticket = self.tickets.issue(request.caller, session_id)
         return json_response(
             200,
             {"ticket": ticket, "expires_in": round(self.tickets.ttl_s)},
             [("Cache-Control", "no-store")],
         )
 
-    async def authenticate_ticket(self, request: Request) -> Principal:
+    async def authenticate_ticket(self, request: Request) -> tuple[Principal, StreamTicket]:
         """The router's ticket hook, for ``?ticket=`` on a ticket route (GET only)."""
         ticket = request.query_param("ticket") or ""
         if request.method != "GET" or not ticket:
             raise ticket_refused()
         resuming = bool((request.header("last-event-id") or "").strip())
         if request.path == "/events":
-            session_id = events_api.session_id_from(request)  # 400 before the ticket is spent
+            session_id = session_id_from(request, "session_id")  # 400 before the ticket is spent
             redeemed = self.tickets.redeem(
-                ticket, route="events", session_id=session_id, resuming=resuming
+                ticket, route=events_api.KIND, session_id=session_id, resuming=resuming
             )
-            principal = redeemed.principal
-            if redeemed.first_use:
-                # Bound by the after hook once the stream opened, so that a refused open (404,
-                # 429) leaves nothing behind.
-                request.extra[BIND_TICKET] = (ticket, principal, session_id, events_api.KIND)
-                return principal
-            try:
-                await self.server.sessions.get(session_id, principal.id, events_api.KIND)
-            except SessionNotFound:
-                raise ticket_refused("the session of this ticket has ended") from None
-            return principal
-        if request.path == "/sse":
-            redeemed = self.tickets.redeem(ticket, route="sse", session_id=None, resuming=resuming)
-            principal = redeemed.principal
+            if not redeemed.first_use:
+                try:
+                    await self.sessions.get(session_id, redeemed.principal.id, events_api.KIND)
+                except SessionNotFound:
+                    raise ticket_refused("the session of this ticket has ended") from None
+        elif request.path == "/sse":
+            redeemed = self.tickets.redeem(
+                ticket, route=legacy_sse.KIND, session_id=None, resuming=resuming
+            )
+        else:
+            raise ticket_refused()
+        return redeemed.principal, StreamTicket(ticket, first_use=redeemed.first_use)
 
-            def bind(live: LiveSession) -> None:
-                self.tickets.bind(ticket, principal, live.id, legacy_sse.KIND)
-
-            request.extra[SESSION_CREATED] = bind
-            return principal
-        raise ticket_refused()
+    def bind_ticket(self, request: Request, session_id: str, route: str) -> None:
+        """A transport's call once a ticket-opened stream has its session: the spent ticket
+        now resumes that session on that route, and nothing else."""
+        grant = request.ticket
+        if grant is not None and grant.first_use:
+            self.tickets.bind(grant.value, request.caller, session_id, route)
 
     def _session_closed(self, live: LiveSession, reason: str) -> None:
         self.tickets.forget_session(live.id)
-
-    def _bind_opened_stream(
-        self, request: Request, response: Response | StreamingResponse | Upgrade
-    ) -> None:
-        pending: Any = request.extra.pop(BIND_TICKET, None)
-        if (
-            pending is not None
-            and isinstance(response, StreamingResponse)
-            and response.status == 200
-        ):
-            self.tickets.bind(*pending)
 
     # -- CORS ----------------------------------------------------------------------------------
 
@@ -201,7 +204,7 @@ class AuthRoutes:
         origin = request.header("origin")
         if origin is None or request.header("access-control-request-method") is None:
             return None
-        route = self.server.router.routes.get(request.path)
+        route = self.router.routes.get(request.path)
         if route is None:
             return None
         if request.path in PRM_PATHS:
@@ -213,8 +216,7 @@ class AuthRoutes:
     def add_cors_headers(
         self, request: Request, response: Response | StreamingResponse | Upgrade
     ) -> None:
-        """The router's after hook: CORS headers on actual responses; binds opened tickets."""
-        self._bind_opened_stream(request, response)
+        """The router's after hook: CORS headers on actual responses."""
         if isinstance(response, Upgrade):
             return
         origin = request.header("origin")

@@ -19,36 +19,26 @@ every MCP transport; the replies are translated back into this format.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from datapulse.auth.verifier import Principal
 from datapulse.core import mcp
 from datapulse.core.eventlog import parse_event_id
 from datapulse.core.jsonrpc import Request as JsonRpcRequest
-from datapulse.core.session import valid_session_id
-from datapulse.dispatch import McpSession
+from datapulse.core.tokens import enforced_scopes
 from datapulse.errors import BadRequest, UnprocessableEntity
-from datapulse.net.http import Request, Response, StreamingResponse, json_response
-from datapulse.net.sessions import LiveSession
-from datapulse.net.streaming import SSE_HEADERS, stream_session
-
-if TYPE_CHECKING:
-    from datapulse.server import Server
+from datapulse.live.sessions import LiveSession
+from datapulse.live.stream import SSE_HEADERS
+from datapulse.net.http import BodyStream, Request, Response, StreamingResponse, json_response
+from datapulse.protocol.session import McpSession
+from datapulse.transports.context import TransportContext, session_id_from
 
 log = logging.getLogger("datapulse.events")
 
 KIND = "events"
 REQUEST_TYPES = ("list_tools", "call_tool")
-
-
-def session_id_from(request: Request) -> str:
-    session_id = request.query_param("session_id")
-    if not session_id:
-        raise BadRequest("missing query parameter: session_id")
-    if not valid_session_id(session_id):
-        raise BadRequest("session_id must be 1-128 visible ASCII characters")
-    return session_id
 
 
 def resume_point(request: Request) -> int | None:
@@ -93,57 +83,56 @@ def tool_arguments(data: dict[str, Any]) -> Any:
 
 
 class EventsTransport:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, context: TransportContext) -> None:
+        self.context = context
+        self.sessions = context.sessions
 
     async def get_events(self, request: Request) -> StreamingResponse:
-        session_id = session_id_from(request)
+        session_id = session_id_from(request, "session_id")
         resume_after = resume_point(request)
-        live = await self.server.sessions.get_or_create(session_id, request.principal.id, KIND)
-        config = self.server.config
+        live = await self.sessions.get_or_create(session_id, request.caller.id, KIND)
+        self.context.auth.bind_ticket(request, live.id, KIND)
 
-        async def body(write: Any) -> None:
-            await stream_session(
-                self.server.sessions,
-                live,
-                write,
-                resume_after=resume_after,
-                ping_interval_s=config.ping_interval_s,
-                retry_ms=config.retry_ms,
-            )
+        async def body(out: BodyStream) -> None:
+            await self.sessions.stream_session(live, out, resume_after=resume_after)
 
         return StreamingResponse(200, list(SSE_HEADERS), body)
 
     async def post_message(self, request: Request) -> Response:
-        session_id = session_id_from(request)
-        live = await self.server.sessions.get(session_id, request.principal.id, KIND)
+        session_id = session_id_from(request, "session_id")
+        principal = request.caller
+        live = await self.sessions.get(session_id, principal.id, KIND)
         message = parse_message(request.body)
         if message["type"] == "call_tool":
             # Checked before queueing: a missing scope is a 403 step-up challenge, not a
             # stream error (the token, not the request, must change).
-            self.server.auth.require_tool_scope(request, message["data"].get("name"))
-        self.server.sessions.spawn(live, self._run, live, message, request.principal)
+            self.context.auth.require_tool_scope(request, message["data"].get("name"))
+        protocol = self._protocol(live, principal)
+
+        async def run() -> None:
+            await self._run(live, protocol, message)
+
+        self.sessions.spawn(live, run)
         return json_response(202, {"status": "queued", "request_id": message["request_id"]})
 
-    def _protocol(self, live: LiveSession, principal: Any) -> McpSession:
+    def _protocol(self, live: LiveSession, principal: Principal) -> McpSession:
         """The session's MCP protocol state. The original API has no handshake, so the session
         starts initialized at our newest handshake revision."""
-        protocol = live.state.get(KIND)
-        if not isinstance(protocol, McpSession):
-            protocol = self.server.dispatcher_session(principal=principal, session_id=live.id)
+        protocol = live.protocol
+        if protocol is None:
+            protocol = self.context.protocol_session(principal, session_id=live.id)
             protocol.initialized = True
             protocol.protocol_version = mcp.LATEST_HANDSHAKE_VERSION
-            live.state[KIND] = protocol
+            live.protocol = protocol
         else:
             # The latest request's token counts (it may carry more scopes after a step-up).
-            protocol.scopes = None if "*" in principal.scopes else principal.scopes
+            protocol.scopes = enforced_scopes(principal.scopes)
         return protocol
 
-    async def _run(self, live: LiveSession, message: dict[str, Any], principal: Any) -> None:
+    async def _run(self, live: LiveSession, protocol: McpSession, message: dict[str, Any]) -> None:
         """Translate one original-API request to JSON-RPC, run it, translate the replies back."""
         request_id = message["request_id"]
-        sessions = self.server.sessions
-        protocol = self._protocol(live, principal)
+        sessions = self.sessions
         if message["type"] == "list_tools":
             tools: list[Any] = []
             cursor = None
@@ -201,7 +190,7 @@ class EventsTransport:
             decoded = orjson.loads(data)
             if decoded.get("method") == "notifications/progress":
                 update = decoded["params"]
-                await self.server.sessions.publish(
+                await self.sessions.publish(
                     live,
                     {
                         "type": "progress",

@@ -11,93 +11,73 @@ names the query parameter ``sessionId``; both spellings are accepted.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+
+import trio
 
 from datapulse.core.jsonrpc import parse_message
-from datapulse.core.session import valid_session_id
 from datapulse.core.sse import encode_data
-from datapulse.dispatch import McpSession
 from datapulse.errors import BadRequest, SessionNotFound
-from datapulse.net.http import BodyWriter, Request, Response, StreamingResponse
-from datapulse.net.sessions import LiveSession
-from datapulse.net.streaming import SSE_HEADERS, control_comment, stream_session
-
-if TYPE_CHECKING:
-    from datapulse.server import Server
+from datapulse.live.stream import SSE_HEADERS, control_comment
+from datapulse.net.http import BodyStream, Request, Response, StreamingResponse
+from datapulse.protocol.session import check_batch
+from datapulse.transports.context import TransportContext, session_id_from
 
 log = logging.getLogger("datapulse.sse")
 
 KIND = "sse"
-STATE_KEY = "legacy"
 MESSAGES_PATH = "/messages"
 
 
 class LegacySseTransport:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, context: TransportContext) -> None:
+        self.context = context
+        self.sessions = context.sessions
 
     async def get_sse(self, request: Request) -> StreamingResponse:
-        sessions = self.server.sessions
-        live = await sessions.create(request.principal.id, KIND)
-        on_created = request.extra.get("on_session_created")  # a ticket binds to the session
-        if on_created is not None:
-            on_created(live)
-        live.state[STATE_KEY] = self.server.dispatcher_session(
-            principal=request.principal, session_id=live.id
-        )
+        sessions = self.sessions
+        principal = request.caller
+        live = await sessions.create(principal.id, KIND)
+        self.context.auth.bind_ticket(request, live.id, KIND)
+        live.protocol = self.context.protocol_session(principal, session_id=live.id)
         endpoint = encode_data(f"{MESSAGES_PATH}?session_id={live.id}", event="endpoint")
-        config = self.server.config
 
-        async def body(write: BodyWriter) -> None:
+        async def body(out: BodyStream) -> None:
             try:
-                await stream_session(
-                    sessions,
-                    live,
-                    write,
-                    resume_after=None,
-                    ping_interval_s=config.ping_interval_s,
-                    retry_ms=config.retry_ms,
-                    preamble=endpoint,
-                    control=control_comment,
+                await sessions.stream_session(
+                    live, out, resume_after=None, preamble=endpoint, control=control_comment
                 )
             finally:
                 # The stream is the session: when it ends, so do the session's calls.
-                await sessions.close(live, "stream_closed")
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await sessions.close(live, "stream_closed")
 
         return StreamingResponse(200, list(SSE_HEADERS), body)
 
     async def post_message(self, request: Request) -> Response:
-        session_id = request.query_param("session_id") or request.query_param("sessionId")
-        if not session_id:
-            raise BadRequest("missing query parameter: session_id")
-        if not valid_session_id(session_id):
-            raise BadRequest("session_id must be 1-128 visible ASCII characters")
-        content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
+        session_id = session_id_from(request, "session_id", "sessionId")
+        if request.media_type() != "application/json":
             raise BadRequest("Content-Type must be application/json")
-        live = await self.server.sessions.get(session_id, request.principal.id, KIND)
-        protocol = live.state.get(STATE_KEY)
-        if not isinstance(protocol, McpSession):  # pragma: no cover - created together
+        live = await self.sessions.get(session_id, request.caller.id, KIND)
+        protocol = live.protocol
+        if protocol is None:  # pragma: no cover - created together
             raise SessionNotFound("unknown session")
         message = parse_message(
             request.body,
             allow_batch=protocol.batches_allowed,
-            max_depth=self.server.dispatcher.max_depth,
+            max_depth=self.context.config.max_json_depth,
         )
+        if isinstance(message, list):
+            check_batch(message)  # 400 now: the batch runs after the 202
 
         async def sink(data: bytes) -> None:
-            await self.server.sessions.publish(live, data.decode(), "message")
+            await self.sessions.publish(live, data.decode(), "message")
 
         async def run() -> None:
             if isinstance(message, list):
                 await protocol.handle_batch(message, sink)
             else:
                 await protocol.handle(message, sink)
+            await self.sessions.save_protocol(live)
 
-        self.server.sessions.spawn(live, run)
+        self.sessions.spawn(live, run)
         return Response(202, [("Content-Type", "text/plain")], b"Accepted")
-
-    @staticmethod
-    def session_of(live: LiveSession) -> McpSession | None:
-        state = live.state.get(STATE_KEY)
-        return state if isinstance(state, McpSession) else None

@@ -1,8 +1,11 @@
 """Router: (method, path) -> handler, with authentication and the error boundary.
 
 This is the application the HTTP layer calls. It is also the error boundary: a DatapulseError
-becomes its response via ``error_response``; any other exception is a bug, logged with its
-traceback here and answered with a fixed 500 body, so no traceback ever reaches a client.
+raised by a handler becomes the response its route's ``ErrorStyle`` asks for (plain JSON, or a
+JSON-RPC error object on MCP endpoints; ``net.http.styled_error_response``); errors raised before
+a handler is chosen (Origin/Host, 404, 405) and 401s are always plain. Any other exception is a
+bug, logged with its traceback here and answered with a fixed 500 body, so no traceback ever
+reaches a client.
 """
 
 from __future__ import annotations
@@ -14,19 +17,22 @@ from dataclasses import dataclass, field
 from datapulse.auth.verifier import Principal, Verifier
 from datapulse.errors import DatapulseError, MethodNotAllowed, NotFound, Unauthorized
 from datapulse.net.http import (
+    ErrorStyle,
     Request,
     Response,
     StreamingResponse,
+    StreamTicket,
     Upgrade,
     error_response,
     internal_error_response,
+    styled_error_response,
 )
 
 log = logging.getLogger("datapulse.http")
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse | Upgrade]]
 ChallengeHook = Callable[[Request, Unauthorized], Unauthorized]
-TicketHook = Callable[[Request], Awaitable[Principal]]
+TicketHook = Callable[[Request], Awaitable[tuple[Principal, StreamTicket]]]
 AppResponse = Response | StreamingResponse | Upgrade
 
 
@@ -35,6 +41,7 @@ class Route:
     path: str
     handlers: dict[str, Handler] = field(default_factory=dict)
     public: bool = False
+    errors: ErrorStyle = ErrorStyle.HTTP
     ticket_methods: set[str] = field(default_factory=set)
     """Methods that may authenticate with ``?ticket=`` (browser streams) instead of the header."""
 
@@ -54,7 +61,7 @@ class Router:
         self.challenge_hook: ChallengeHook | None = None
         # Runs before routing: Origin/Host checks, CORS preflight. May answer on its own.
         self.before: list[Callable[[Request], Awaitable[Response | None]]] = []
-        # Runs on every response the router returns, errors included (CORS headers).
+        # Runs on every response the router returns, errors included (CORS headers only).
         self.after: list[Callable[[Request, AppResponse], None]] = []
         # Authenticates ``?ticket=`` on routes added with ``ticket=True`` (see auth_routes).
         self.ticket_hook: TicketHook | None = None
@@ -67,21 +74,13 @@ class Router:
         *,
         public: bool = False,
         ticket: bool = False,
+        errors: ErrorStyle = ErrorStyle.HTTP,
     ) -> None:
-        route = self.routes.setdefault(path, Route(path, public=public))
+        route = self.routes.setdefault(path, Route(path, public=public, errors=errors))
         route.public = route.public or public
         route.handlers[method] = handler
         if ticket:
             route.ticket_methods.add(method)
-
-    def route(
-        self, method: str, path: str, *, public: bool = False
-    ) -> Callable[[Handler], Handler]:
-        def register(handler: Handler) -> Handler:
-            self.add(method, path, handler, public=public)
-            return handler
-
-        return register
 
     async def __call__(self, request: Request) -> AppResponse:
         response = await self._respond(request)
@@ -95,29 +94,39 @@ class Router:
                 early = await hook(request)
                 if early is not None:
                     return early
-            return await self._dispatch(request)
+            route, handler = self._find(request)
+            if not route.public:
+                await self._authenticate(request, route)
         except Unauthorized as exc:
-            if self.challenge_hook is not None:
-                exc = self.challenge_hook(request, exc)
-            log.info(
-                "401 %s %s from %s: %s",
-                request.method,
-                request.path,
-                request.client_host,
-                exc.detail,
-            )
+            return self._refuse(request, exc)
+        except DatapulseError as exc:
             return error_response(exc)
+        except Exception:
+            log.exception("unhandled error before %s %s", request.method, request.path)
+            return internal_error_response()
+        try:
+            return await handler(request)
+        except Unauthorized as exc:
+            return self._refuse(request, exc)
         except DatapulseError as exc:
             if exc.http_status >= 500:
                 log.warning(
                     "%s %s %s: %s", exc.http_status, request.method, request.path, exc.detail
                 )
-            return error_response(exc)
+            return styled_error_response(exc, route.errors)
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             return internal_error_response()
 
-    async def _dispatch(self, request: Request) -> Response | StreamingResponse | Upgrade:
+    def _refuse(self, request: Request, exc: Unauthorized) -> Response:
+        if self.challenge_hook is not None:
+            exc = self.challenge_hook(request, exc)
+        log.info(
+            "401 %s %s from %s: %s", request.method, request.path, request.client_host, exc.detail
+        )
+        return error_response(exc)
+
+    def _find(self, request: Request) -> tuple[Route, Handler]:
         route = self.routes.get(request.path)
         if route is None:
             raise NotFound(f"no such endpoint: {request.path}")
@@ -127,16 +136,15 @@ class Router:
             handler = route.handlers.get("GET")
         if handler is None:
             raise MethodNotAllowed(f"{method} is not allowed on {request.path}", allow=route.allow)
-        if not route.public:
-            request.principal = await self._authenticate(request, route)
-        return await handler(request)
+        return route, handler
 
-    async def _authenticate(self, request: Request, route: Route) -> Principal:
+    async def _authenticate(self, request: Request, route: Route) -> None:
         """The bearer header; or, on a ticket route, a ``?ticket=`` (and then only that)."""
         if (
             self.ticket_hook
             and request.method in route.ticket_methods
             and "ticket" in request.query
         ):
-            return await self.ticket_hook(request)
-        return await self.verifier.verify(request.header("authorization"))
+            request.principal, request.ticket = await self.ticket_hook(request)
+            return
+        request.principal = await self.verifier.verify(request.header("authorization"))

@@ -8,7 +8,7 @@ Handshake era
 * ``initialize`` (without ``Mcp-Session-Id``) creates a session and answers with its id.
 * Every other POST needs the id (400 without it, 404 for an unknown or someone else's session).
 * A request is run as a task of its *session* (a dropped POST stream does not cancel it, as the
-  transport spec asks) and its messages go into a ``MessageBuffer``. If the reply is ready within
+  transport spec asks) and its messages go into a request stream log in the store. If the reply is ready within
   ``JSON_WAIT_S`` and nothing came before it, it is sent as ``application/json``; otherwise the
   response becomes an SSE stream (priming event for 2025-11-25 clients, keep-alive pings) that
   ends after the reply. Ids are ``<stream>-<seq>``, so a client that lost the stream resumes it
@@ -19,24 +19,23 @@ Handshake era
 2026-07-28
 * No session: each POST carries its version, client info and capabilities in ``params._meta``
   and mirrors method and name in headers; mismatches are 400 with -32020, error codes map to HTTP
-  statuses (``core.mcp.modern_http_status``). The request runs in the *connection's* task
+  statuses (``core.mcp_http.modern_http_status``). The request runs in the *connection's* task
   nursery, so closing the response cancels it. GET and DELETE answer 405.
 
 Errors on this endpoint are JSON-RPC error objects (``{"jsonrpc":"2.0","id":null,"error":...}``),
-which is what MCP clients parse.
+which is what MCP clients parse: the route is added with ``ErrorStyle.JSONRPC`` and handlers just
+raise (an error raised after the request's id was read carries it as ``exc.request_id``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import trio
 
-from datapulse.core import mcp
+from datapulse.core import mcp, mcp_http
 from datapulse.core.eventlog import parse_event_id
 from datapulse.core.jsonrpc import (
     InvalidRequest,
@@ -45,33 +44,29 @@ from datapulse.core.jsonrpc import (
     encode_error,
     parse_message,
 )
-from datapulse.dispatch import CallLimit, McpSession, encode_exception
+from datapulse.core.media import accepts
 from datapulse.errors import (
     BadRequest,
     Conflict,
     DatapulseError,
     MethodNotAllowed,
     NotAcceptable,
-    SessionNotFound,
-    Unauthorized,
     UnsupportedMediaType,
 )
-from datapulse.net.http import BodyWriter, Response, StreamingResponse
+from datapulse.live.sessions import LiveSession
+from datapulse.live.stream import SSE_HEADERS, LocalLog, LogStream, control_comment
+from datapulse.net.http import BodyStream, Response, StreamingResponse
 from datapulse.net.http import Request as HttpRequest
-from datapulse.net.sessions import LiveSession
-from datapulse.net.streaming import SSE_HEADERS, MessageBuffer, control_comment, stream_session
-
-if TYPE_CHECKING:
-    from datapulse.server import Server
+from datapulse.protocol.session import McpSession
+from datapulse.protocol.state import ProtocolState
+from datapulse.store.base import LogKey, UnknownLog
+from datapulse.transports.context import TransportContext, checked_session_id
 
 log = logging.getLogger("datapulse.mcp")
 
 KIND = "mcp"
-STATE_KEY = "mcp"
 JSON_WAIT_S = 0.5
 """How long a POST waits for a bare reply before committing to an SSE response."""
-KEPT_STREAMS = 32
-"""POST streams per session kept for Last-Event-ID resumption (oldest dropped first)."""
 JSON_HEADERS = [("Content-Type", "application/json")]
 ROUTING_HEADERS = ("mcp-protocol-version", "mcp-method", "mcp-name")
 REQUEST_CANCELLED = -32800
@@ -82,78 +77,58 @@ stream (the Python SDK does, from the priming id) polls for it forever. The Pyth
 answers with this code for the same reason; clients ignore replies to requests they cancelled."""
 
 
-@dataclass(eq=False)
-class McpHttpSession:
-    protocol: McpSession
-    buffers: OrderedDict[int, MessageBuffer] = field(default_factory=OrderedDict)
-    next_stream: int = 1
-
-    def new_buffer(self, max_events: int, max_bytes: int) -> MessageBuffer:
-        buffer = MessageBuffer(self.next_stream, max_events, max_bytes)
-        self.buffers[self.next_stream] = buffer
-        self.next_stream += 1
-        while len(self.buffers) > KEPT_STREAMS:
-            self.buffers.popitem(last=False)
-        return buffer
-
-
-def jsonrpc_error(exc: DatapulseError, request_id: Any = None) -> Response:
-    return Response(
-        exc.http_status, [*JSON_HEADERS, *exc.headers], encode_exception(exc, request_id)
-    )
-
-
-def _media_types(accept: str | None) -> set[str]:
-    """The media ranges an Accept header admits; ``q=0`` means "not acceptable" (RFC 9110)."""
-    if accept is None:
-        return {"*/*"}
-    types = set()
-    for part in accept.split(","):
-        media, _, params = part.partition(";")
-        media = media.strip().lower()
-        if media and not _refused(params):
-            types.add(media)
-    return types
-
-
-def _refused(params: str) -> bool:
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "q":
-            try:
-                return float(value.strip()) == 0
-            except ValueError:
-                return False
-    return False
-
-
-def accepts(accept: str | None, wanted: str) -> bool:
-    types = _media_types(accept)
-    major = wanted.split("/", maxsplit=1)[0]
-    return bool({wanted, "*/*", f"{major}/*"} & types)
-
-
 def is_response(message: bytes) -> bool:
     """A reply (has ``result``/``error``), as opposed to a notification we sent before it."""
     decoded = orjson.loads(message)
     return isinstance(decoded, dict) and "method" not in decoded
 
 
+class RequestRun:
+    """What the POST that started a request sees of it while it runs in another task: how many
+    messages it sent, its reply, whether it is done. Process-local by nature: the POST waits
+    here, for ``JSON_WAIT_S`` at most, on the instance that runs the call."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.reply: bytes | None = None
+        self.done = False
+        self.error_code: int | None = None
+        self._changed = trio.Event()
+
+    def note(self, message: bytes) -> None:
+        self.messages += 1
+        if is_response(message):
+            self.reply = message
+        self._wake()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait(self, *, first_message: bool) -> None:
+        """Until the request is done (or, with ``first_message``, has sent anything)."""
+        while not self.done and not (first_message and self.messages):
+            await self._changed.wait()
+
+
 class StreamableTransport:
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.config = server.config
+    def __init__(self, context: TransportContext) -> None:
+        self.context = context
+        self.sessions = context.sessions
+        self.config = context.config
         # 2026-07-28 requests have no session; the concurrency limit is per principal instead.
-        self._modern_limits: dict[str, CallLimit] = {}
+        # An entry lives while its principal has requests running, so the dict stays bounded.
+        self._modern_limits: dict[str, _SharedLimit] = {}
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _check_content_type(self, request: HttpRequest) -> None:
-        content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
+    def _check_post_headers(self, request: HttpRequest) -> None:
+        if request.media_type() != "application/json":
             raise UnsupportedMediaType("Content-Type must be application/json")
-
-    def _check_post_accept(self, request: HttpRequest) -> None:
         accept = request.header("accept")
         if not accepts(accept, "application/json"):
             raise NotAcceptable("Accept must include application/json")
@@ -165,58 +140,53 @@ class StreamableTransport:
         version = request.header("mcp-protocol-version")
         return version is not None and version.strip() not in mcp.SUPPORTED_VERSIONS
 
-    async def _session(self, request: HttpRequest) -> tuple[LiveSession, McpHttpSession]:
+    def _parse(self, request: HttpRequest, *, allow_batch: bool = False) -> Any:
+        return parse_message(
+            request.body, allow_batch=allow_batch, max_depth=self.config.max_json_depth
+        )
+
+    async def _session(self, request: HttpRequest) -> tuple[LiveSession, McpSession]:
         session_id = request.header("mcp-session-id")
         if not session_id:
             raise BadRequest("Mcp-Session-Id header required (initialize first)")
-        live = await self.server.sessions.get(session_id.strip(), request.principal.id, KIND)
-        state = live.state.get(STATE_KEY)
-        if not isinstance(state, McpHttpSession):  # pragma: no cover - created together
-            raise SessionNotFound("unknown session")
-        version = request.header("mcp-protocol-version")
-        if version is not None and version.strip() not in mcp.SUPPORTED_VERSIONS:
-            raise BadRequest(f"unsupported MCP-Protocol-Version: {version}")
-        return live, state
+        principal = request.caller
+        live = await self.sessions.get(checked_session_id(session_id.strip()), principal.id, KIND)
+        protocol = live.protocol
+        if protocol is None:
+            # Not created here (or forgotten): continue from the state the store holds.
+            protocol = self.context.protocol_session(principal, session_id=live.id)
+            saved = await self.sessions.store.load_protocol(live.id)
+            if saved is not None:
+                protocol.state = ProtocolState.from_dict(saved)
+            live.protocol = protocol
+        return live, protocol
 
     # -- POST ----------------------------------------------------------------------------------
 
     async def post(self, request: HttpRequest) -> Response | StreamingResponse:
-        try:
-            self._check_content_type(request)
-            self._check_post_accept(request)
-            if self._is_modern(request):
-                return await self._post_modern(request)
-            return await self._post_handshake(request)
-        except Unauthorized:
-            raise
-        except DatapulseError as exc:
-            return jsonrpc_error(exc, getattr(exc, "request_id", None))
-
-    async def _post_handshake(self, request: HttpRequest) -> Response | StreamingResponse:
+        self._check_post_headers(request)
+        if self._is_modern(request):
+            return await self._post_modern(request)
         if not request.header("mcp-session-id"):
-            message = parse_message(request.body, max_depth=self.server.dispatcher.max_depth)
+            message = self._parse(request)
             if isinstance(message, Request) and message.method == "initialize":
                 return await self._initialize(request, message)
             raise BadRequest("Mcp-Session-Id header required (initialize first)")
-        live, state = await self._session(request)
-        parsed = parse_message(
-            request.body,
-            allow_batch=state.protocol.batches_allowed,
-            max_depth=self.server.dispatcher.max_depth,
-        )
+        live, protocol = await self._session(request)
+        parsed = self._parse(request, allow_batch=protocol.batches_allowed)
         if isinstance(parsed, list):
-            return await self._batch(live, state, parsed)
+            return await self._batch(live, protocol, parsed)
         if not isinstance(parsed, Request):
-            await state.protocol.handle(parsed, _discard)
+            await protocol.handle(parsed, _discard)
+            await self.sessions.save_protocol(live)
             return Response(202, [], b"")
-        return await self._request(live, state, parsed)
+        return await self._request(live, protocol, parsed)
 
     async def _initialize(self, request: HttpRequest, message: Request) -> Response:
-        principal = request.principal
-        live = await self.server.sessions.create(principal.id, KIND)
-        protocol = self.server.dispatcher_session(session_id=live.id, principal=principal)
-        state = McpHttpSession(protocol)
-        live.state[STATE_KEY] = state
+        principal = request.caller
+        live = await self.sessions.create(principal.id, KIND)
+        protocol = self.context.protocol_session(principal, session_id=live.id)
+        live.protocol = protocol
         replies: list[bytes] = []
 
         async def collect(data: bytes) -> None:
@@ -226,70 +196,68 @@ class StreamableTransport:
         body = replies[-1] if replies else b""
         if outcome.error_code is not None or not protocol.initialized:
             # A failed initialize leaves no session behind and names none.
-            await self.server.sessions.close(live, "initialize_failed")
+            await self.sessions.close(live, "initialize_failed")
             return Response(200, list(JSON_HEADERS), body)
+        await self.sessions.save_protocol(live)
         return Response(200, [*JSON_HEADERS, ("Mcp-Session-Id", live.id)], body)
 
     async def _request(
-        self, live: LiveSession, state: McpHttpSession, message: Request
+        self, live: LiveSession, protocol: McpSession, message: Request
     ) -> Response | StreamingResponse:
         cfg = self.config
-        buffer = state.new_buffer(cfg.replay_events, cfg.replay_bytes)
+        sessions = self.sessions
+        key = await sessions.open_request_log(live)
+        progress = RequestRun()
+
+        async def sink(data: bytes) -> None:
+            await sessions.push(live, key, data)
+            progress.note(data)
 
         async def run() -> None:
             try:
-                outcome = await state.protocol.handle(message, buffer.push)
+                outcome = await protocol.handle(message, sink)
                 if not outcome.responded:
-                    await buffer.push(
-                        encode_error(message.id, REQUEST_CANCELLED, "request cancelled")
-                    )
+                    await sink(encode_error(message.id, REQUEST_CANCELLED, "request cancelled"))
+                await sessions.save_protocol(live)
             finally:
-                buffer.finish()
+                progress.finish()
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await sessions.finish_request_log(live, key)
 
-        self.server.sessions.spawn(live, run)
+        sessions.spawn(live, run)
         if cfg.json_response:
-            await buffer.wait_for(10**18)  # until done; notifications are dropped in JSON mode
-            return self._json_reply(buffer)
+            await progress.wait(first_message=False)  # notifications are dropped in JSON mode
+            await sessions.store.drop_log(key)
+            return _json_reply(progress)
         with trio.move_on_after(JSON_WAIT_S):
-            await buffer.wait_for(1)
-        if buffer.done and buffer.count == 1:
-            state.buffers.pop(buffer.number, None)  # answered in full; nothing to resume
-            return self._json_reply(buffer)
-        priming = mcp.version_at_least(state.protocol.protocol_version, "2025-11-25")
-        return self._sse_reply(buffer, priming=priming)
-
-    def _json_reply(self, buffer: MessageBuffer) -> Response:
-        # What the log still holds: the response is the newest event, which is never evicted,
-        # however many notifications (dropped in JSON mode) came before it.
-        held = buffer.log.events_after(buffer.log.oldest_seq - 1)
-        for event in reversed(held):
-            payload = _payload(event.wire)
-            if is_response(payload):
-                return Response(200, list(JSON_HEADERS), payload)
-        return Response(204, [], b"")  # cancelled: the client asked for no reply
+            await progress.wait(first_message=True)
+        if progress.done and progress.messages == 1:
+            await sessions.store.drop_log(key)  # answered in full; nothing to resume
+            return _json_reply(progress)
+        priming = mcp.version_at_least(protocol.protocol_version, "2025-11-25")
+        return self._sse_reply(live, key, priming=priming)
 
     def _sse_reply(
-        self, buffer: MessageBuffer, *, priming: bool, after: int = 0
+        self, live: LiveSession, key: LogKey, *, priming: bool, after: int = 0
     ) -> StreamingResponse:
-        cfg = self.config
+        head = f"retry: {self.config.retry_ms}\n\n".encode()
+        if priming and after == 0:
+            # 2025-11-25: an id with empty data, so a client can resume even before the first
+            # real message.
+            head += f"id: {key.stream}-0\ndata: \n\n".encode()
 
-        async def body(write: BodyWriter) -> None:
-            head = f"retry: {cfg.retry_ms}\n\n".encode()
-            if priming and after == 0:
-                # 2025-11-25: an id with empty data, so a client can resume even before the
-                # first real message.
-                head += f"id: {buffer.number}-0\ndata: \n\n".encode()
-            await write(head)
-            await buffer.write_to(write, after=after, ping_interval_s=cfg.ping_interval_s)
+        async def body(out: BodyStream) -> None:
+            await self.sessions.stream_request_log(live, key, out, after=after, head=head)
 
         return StreamingResponse(200, list(SSE_HEADERS), body)
 
-    async def _batch(self, live: LiveSession, state: McpHttpSession, items: list[Any]) -> Response:
+    async def _batch(self, live: LiveSession, protocol: McpSession, items: list[Any]) -> Response:
         if all(
             isinstance(i, Notification) or not isinstance(i, Request | InvalidRequest)
             for i in items
         ):
-            await state.protocol.handle_batch(items, _discard)
+            await protocol.handle_batch(items, _discard)
+            await self.sessions.save_protocol(live)
             return Response(202, [], b"")
         replies: list[bytes] = []
 
@@ -297,65 +265,76 @@ class StreamableTransport:
             if is_response(data):
                 replies.append(data)
 
-        await state.protocol.handle_batch(items, collect)
+        await protocol.handle_batch(items, collect)
+        await self.sessions.save_protocol(live)
         return Response(200, list(JSON_HEADERS), b"[" + b",".join(replies) + b"]")
 
     # -- 2026-07-28 ------------------------------------------------------------------------------
 
     async def _post_modern(self, request: HttpRequest) -> Response | StreamingResponse:
-        message = parse_message(request.body, max_depth=self.server.dispatcher.max_depth)
+        message = self._parse(request)
         if isinstance(message, Notification):
             return Response(202, [], b"")
         if not isinstance(message, Request):
             raise InvalidRequest("clients must not send responses on the 2026-07-28 path")
-        headers: dict[str, str] = {}
-        for name in ROUTING_HEADERS:
-            values = request.header_values(name)
-            if len(values) > 1:
-                return jsonrpc_error(mcp.HeaderMismatch(f"{name} header sent twice"), message.id)
-            if values:
-                headers[name] = values[0]
         try:
             # The SDKs' order: envelope shape, headers against the body, version, Mcp-Param-*.
+            headers = _routing_headers(request)
             meta = mcp.parse_modern_meta(message.params)
-            mcp.check_routing_headers(message, headers)
+            mcp_http.check_routing_headers(message, headers)
             mcp.check_modern_version(meta.protocol_version)
             self._check_param_headers(request, message)
         except DatapulseError as exc:
-            return jsonrpc_error(exc, message.id)
-        principal = request.principal
-        limit = self._modern_limits.setdefault(
-            principal.id, CallLimit(self.config.max_calls_per_session)
-        )
-        protocol = self.server.dispatcher_session(
-            principal=principal, modern=True, call_limit=limit
-        )
-        buffer = MessageBuffer(0, self.config.replay_events, self.config.replay_bytes)
-        outcome_codes: list[int | None] = []
+            exc.request_id = message.id
+            raise
+        principal = request.caller
+        shared = self._modern_limits.get(principal.id)
+        if shared is None:
+            shared = _SharedLimit(trio.CapacityLimiter(self.config.max_calls_per_session))
+            self._modern_limits[principal.id] = shared
+        shared.users += 1
+        protocol = self.context.protocol_session(principal, modern=True, call_limit=shared.limiter)
+        local = LocalLog(self.config.replay_events, self.config.replay_bytes)
+        progress = RequestRun()
+
+        async def sink(data: bytes) -> None:
+            local.append(data.decode())
+            progress.note(data)
 
         async def run() -> None:
             try:
-                outcome = await protocol.handle(message, buffer.push)
-                outcome_codes.append(outcome.error_code)
+                outcome = await protocol.handle(message, sink)
+                progress.error_code = outcome.error_code
             finally:
-                buffer.finish()
+                progress.finish()
+                local.close()
+                shared.users -= 1
+                if shared.users == 0:
+                    del self._modern_limits[principal.id]
 
         # The connection's task nursery: a closed response cancels the call (2026-07-28 rule).
         request.start_task(run)
         with trio.move_on_after(JSON_WAIT_S):
-            await buffer.wait_for(1)
-        if buffer.done and buffer.count <= 1:
-            status = mcp.modern_http_status(outcome_codes[0] if outcome_codes else None)
-            reply = self._json_reply(buffer)
-            reply.status = status if reply.status == 200 else reply.status
+            await progress.wait(first_message=True)
+        if progress.done and progress.messages <= 1:
+            reply = _json_reply(progress)
+            if reply.status == 200:
+                reply.status = mcp_http.modern_http_status(progress.error_code)
             return reply
-        return self._sse_reply(buffer, priming=False)
+        pinger = self.sessions.pinger
+
+        async def body(out: BodyStream) -> None:
+            stream = LogStream(local, out, pinger, control=control_comment, ends_with_log=True)
+            local.reader = stream
+            await stream.run(0, head=f"retry: {self.config.retry_ms}\n\n".encode())
+
+        return StreamingResponse(200, list(SSE_HEADERS), body)
 
     def _check_param_headers(self, request: HttpRequest, message: Request) -> None:
         """``Mcp-Param-*`` must mirror the arguments the tool's schema annotates (SEP-2243)."""
         params = message.params if isinstance(message.params, dict) else {}
         name = params.get("name")
-        registry = self.server.registry
+        registry = self.context.registry
         if message.method != "tools/call" or not isinstance(name, str) or name not in registry:
             return  # an unknown tool is the dispatcher's -32602
         arguments = params.get("arguments")
@@ -365,73 +344,83 @@ class StreamableTransport:
                 sent.setdefault(key.lower().decode("latin-1"), []).append(
                     value.decode("latin-1").strip()
                 )
-        mcp.check_param_headers(
+        mcp_http.check_param_headers(
             registry.get(name).input_schema, arguments if isinstance(arguments, dict) else {}, sent
         )
 
     # -- GET / DELETE ----------------------------------------------------------------------------
 
-    async def get(self, request: HttpRequest) -> Response | StreamingResponse:
-        try:
-            if self._is_modern(request):
-                raise MethodNotAllowed("2026-07-28 has no GET stream", allow=["POST"])
-            if not accepts(request.header("accept"), "text/event-stream"):
-                raise NotAcceptable("Accept must include text/event-stream")
-            live, state = await self._session(request)
-            last_event_id = (request.header("last-event-id") or "").strip()
-            if last_event_id and "-" in last_event_id:
-                return self._resume_post_stream(state, last_event_id)
-            resume_after = parse_event_id(last_event_id) if last_event_id else None
-            if last_event_id and resume_after is None:
-                raise BadRequest(f"Last-Event-ID {last_event_id!r} is not ours")
-            if live.attachment is not None:
-                raise Conflict("this session already has a GET stream open")
-        except Unauthorized:
-            raise
-        except DatapulseError as exc:
-            return jsonrpc_error(exc)
-        cfg = self.config
+    async def get(self, request: HttpRequest) -> StreamingResponse:
+        if self._is_modern(request):
+            raise MethodNotAllowed("2026-07-28 has no GET stream", allow=["POST"])
+        if not accepts(request.header("accept"), "text/event-stream"):
+            raise NotAcceptable("Accept must include text/event-stream")
+        live, _ = await self._session(request)
+        last_event_id = (request.header("last-event-id") or "").strip()
+        if last_event_id and "-" in last_event_id:
+            return await self._resume_request_stream(live, last_event_id)
+        resume_after = parse_event_id(last_event_id) if last_event_id else None
+        if last_event_id and resume_after is None:
+            raise BadRequest(f"Last-Event-ID {last_event_id!r} is not ours")
+        if live.stream is not None:
+            raise Conflict("this session already has a GET stream open")
 
-        async def body(write: BodyWriter) -> None:
-            await stream_session(
-                self.server.sessions,
-                live,
-                write,
-                resume_after=resume_after,
-                ping_interval_s=cfg.ping_interval_s,
-                retry_ms=cfg.retry_ms,
-                control=control_comment,
+        async def body(out: BodyStream) -> None:
+            await self.sessions.stream_session(
+                live, out, resume_after=resume_after, control=control_comment
             )
 
         return StreamingResponse(200, list(SSE_HEADERS), body)
 
-    def _resume_post_stream(self, state: McpHttpSession, last_event_id: str) -> StreamingResponse:
+    async def _resume_request_stream(
+        self, live: LiveSession, last_event_id: str
+    ) -> StreamingResponse:
         number_text, _, seq_text = last_event_id.partition("-")
         number, seq = parse_event_id(number_text), parse_event_id(seq_text)
-        buffer = state.buffers.get(number) if number is not None else None
-        if buffer is None or seq is None:
-            # Not 404: that would tell the client its whole session is gone.
-            raise BadRequest(f"stream of event {last_event_id} is no longer held")
-        return self._sse_reply(buffer, priming=False, after=seq)
+        if number is not None and number > 0 and seq is not None:
+            key = LogKey(live.id, number)
+            try:
+                await self.sessions.store.last_seq(key)
+            except UnknownLog:
+                pass
+            else:
+                return self._sse_reply(live, key, priming=False, after=seq)
+        # Not 404: that would tell the client its whole session is gone.
+        raise BadRequest(f"stream of event {last_event_id} is no longer held")
 
     async def delete(self, request: HttpRequest) -> Response:
-        try:
-            if self._is_modern(request):
-                raise MethodNotAllowed("2026-07-28 has no sessions to delete", allow=["POST"])
-            live, _ = await self._session(request)
-        except Unauthorized:
-            raise
-        except DatapulseError as exc:
-            return jsonrpc_error(exc)
-        await self.server.sessions.close(live, "session_deleted")
+        if self._is_modern(request):
+            raise MethodNotAllowed("2026-07-28 has no sessions to delete", allow=["POST"])
+        live, _ = await self._session(request)
+        await self.sessions.close(live, "session_deleted")
         return Response(200, [], b"")
+
+
+class _SharedLimit:
+    """One principal's concurrency limit on the 2026-07-28 path, and how many requests use it
+    (the requests started it, so one that has not reached its call yet still counts)."""
+
+    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+        self.limiter = limiter
+        self.users = 0
+
+
+def _routing_headers(request: HttpRequest) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name in ROUTING_HEADERS:
+        values = request.header_values(name)
+        if len(values) > 1:
+            raise mcp_http.HeaderMismatch(f"{name} header sent twice")
+        if values:
+            headers[name] = values[0]
+    return headers
+
+
+def _json_reply(progress: RequestRun) -> Response:
+    if progress.reply is None:
+        return Response(204, [], b"")  # cancelled: the client asked for no reply
+    return Response(200, list(JSON_HEADERS), progress.reply)
 
 
 async def _discard(data: bytes) -> None:
     return None
-
-
-def _payload(wire: bytes) -> bytes:
-    """The JSON of a single-line SSE event as framed by the log (``id:`` then ``data:``)."""
-    start = wire.index(b"data: ") + 6
-    return wire[start : wire.index(b"\n", start)]

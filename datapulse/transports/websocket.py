@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 import trio_websocket
 
+from datapulse.auth.verifier import Principal
 from datapulse.errors import BadRequest
 from datapulse.net.http import Request, Upgrade
-
-if TYPE_CHECKING:
-    from datapulse.server import Server
+from datapulse.transports.context import TransportContext
 
 log = logging.getLogger("datapulse.ws")
 
@@ -33,18 +31,18 @@ SUBPROTOCOL = "mcp"
 
 
 class WebSocketTransport:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, context: TransportContext) -> None:
+        self.context = context
 
     async def upgrade(self, request: Request) -> Upgrade:
         if (request.header("upgrade") or "").strip().lower() != "websocket":
             raise BadRequest("/ws needs a WebSocket upgrade (Upgrade: websocket)")
-        principal = request.principal
+        principal = request.caller
 
         async def run(stream: trio.abc.Stream) -> None:
             async with trio.open_nursery() as nursery:
                 ws_request = await trio_websocket.wrap_server_stream(
-                    nursery, stream, max_message_size=self.server.config.max_body_bytes
+                    nursery, stream, max_message_size=self.context.config.max_body_bytes
                 )
                 if SUBPROTOCOL not in ws_request.proposed_subprotocols:
                     connection = await ws_request.accept()
@@ -57,9 +55,9 @@ class WebSocketTransport:
         return Upgrade(run)
 
     async def _serve(
-        self, connection: trio_websocket.WebSocketConnection, principal: object
+        self, connection: trio_websocket.WebSocketConnection, principal: Principal
     ) -> None:
-        protocol = self.server.dispatcher_session(principal=principal)
+        protocol = self.context.protocol_session(principal)
 
         async def sink(data: bytes) -> None:
             with contextlib.suppress(trio_websocket.ConnectionClosed):

@@ -1,4 +1,4 @@
-"""The one JSON-RPC + MCP dispatcher behind every transport.
+"""``McpSession``: one JSON-RPC + MCP conversation, behind every transport.
 
 A transport owns bytes and connections; this module owns meaning. The transport parses a body
 (``datapulse.core.jsonrpc.parse_message``), picks the ``McpSession`` it belongs to, and awaits
@@ -13,23 +13,21 @@ a cancelled caller cancels the request; ``notifications/cancelled`` cancels only
 own scope, after which nothing is sent for it.
 
 This is also the only place DatapulseErrors become JSON-RPC error objects (``encode_exception``).
+The session reads its ``Dispatcher`` through ``DispatcherView``, so this module does not import
+``protocol.dispatch`` (which imports the methods, which import this module).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
-import jsonschema
 import trio
 
-from datapulse import methods
 from datapulse.core import mcp
 from datapulse.core.jsonrpc import (
-    DEFAULT_MAX_DEPTH,
     BatchItem,
     InvalidRequest,
     Message,
@@ -38,28 +36,47 @@ from datapulse.core.jsonrpc import (
     Request,
     RequestId,
     encode_error,
-    encode_notification,
     encode_result,
     parse_message,
 )
 from datapulse.errors import DatapulseError, InvalidParams
+from datapulse.protocol.call import Call, MessageSink
+from datapulse.protocol.state import ProtocolState
 from datapulse.tools.registry import Tool, ToolRegistry
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("datapulse.dispatch")
 
-MessageSink = Callable[[bytes], Awaitable[None]]
-Handler = Callable[["McpSession", "_Call"], Awaitable[dict[str, Any]]]
+Handler = Callable[["McpSession", Call], Awaitable[dict[str, Any]]]
 
 # Requests a handshake session answers before `initialize` has succeeded.
 _PRE_INIT: Final = frozenset({"initialize", "ping"})
+
+
+class DispatcherView(Protocol):
+    """What a session and its methods read of the server-wide ``Dispatcher``."""
+
+    registry: ToolRegistry
+    server_name: str
+    server_version: str
+    instructions: str | None
+    page_size: int
+    max_concurrent_calls: int
+    call_timeout_s: float | None
+    default_log_level: str | None
+    max_depth: int
+    info: dict[str, Any]
+    handshake_methods: dict[str, Handler]
+    modern_methods: dict[str, Handler]
+
+    def check_output(self, tool: Tool, output: Any) -> str | None: ...
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What ``handle`` did: whether a response went to the sink, and its error code if any.
 
-    The 2026-07-28 HTTP path needs the code for its status (``mcp.modern_http_status``) without
-    re-parsing the bytes it was handed.
+    The 2026-07-28 HTTP path needs the code for its status (``mcp_http.modern_http_status``)
+    without re-parsing the bytes it was handed.
     """
 
     responded: bool
@@ -74,160 +91,64 @@ def encode_exception(exc: DatapulseError, request_id: RequestId | None = None) -
     return encode_error(request_id, exc.jsonrpc_code, str(exc), exc.extra.get("data"))
 
 
-class CallLimit:
-    """Counts running ``tools/call``s. One per session by default; a transport that makes one
-    session per request (2026-07-28) can share one across, say, a principal's requests."""
-
-    def __init__(self, maximum: int) -> None:
-        if maximum < 1:
-            raise ValueError("maximum must be at least 1")
-        self.maximum = maximum
-        self.active = 0
-
-
-class Dispatcher:
-    """Server-wide configuration and the method tables; sessions come from ``session()``."""
-
-    def __init__(
-        self,
-        registry: ToolRegistry,
-        *,
-        server_name: str = "datapulse",
-        server_version: str = "0.1.0",
-        instructions: str | None = None,
-        page_size: int = 50,
-        max_concurrent_calls: int = 16,
-        call_timeout_s: float | None = 60.0,
-        default_log_level: str | None = "debug",
-        max_depth: int = DEFAULT_MAX_DEPTH,
-    ) -> None:
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
-        if call_timeout_s is not None and not call_timeout_s > 0:
-            raise ValueError("call_timeout_s must be positive")
-        if default_log_level is not None and not mcp.is_log_level(default_log_level):
-            raise ValueError(f"unknown log level {default_log_level!r}")
-        self.registry = registry
-        self.server_name = server_name
-        self.server_version = server_version
-        self.instructions = instructions
-        self.page_size = page_size
-        self.max_concurrent_calls = max_concurrent_calls
-        self.call_timeout_s = call_timeout_s
-        # Both SDKs send every level until the client calls logging/setLevel; so do we by default.
-        self.default_log_level = default_log_level
-        self.max_depth = max_depth
-        self.info = mcp.server_info(server_name, server_version)
-        self._output_validators: dict[str, Any] = {}
-        self.handshake_methods: dict[str, Handler] = {
-            "initialize": methods.initialize,
-            "ping": methods.ping,
-            "tools/list": methods.list_tools,
-            "tools/call": methods.call_tool,
-            "logging/setLevel": methods.set_level,
-        }
-        # 2026-07-28 removed initialize, ping and logging/setLevel: they answer -32601 there.
-        self.modern_methods: dict[str, Handler] = {
-            "server/discover": methods.discover,
-            "tools/list": methods.list_tools,
-            "tools/call": methods.call_tool,
-        }
-
-    def check_output(self, tool: Tool, output: Any) -> str | None:
-        """Why ``output`` breaks the tool's outputSchema (the spec's MUST), or None if it fits."""
-        if tool.output_schema is None or isinstance(output, mcp.ToolOutput):
-            return None
-        validator = self._output_validators.get(tool.name)
-        if validator is None:
-            schema = dict(tool.output_schema)
-            validator = jsonschema.validators.validator_for(schema)(schema)
-            self._output_validators[tool.name] = validator
-        if validator.is_valid(output):  # the common case builds no error objects
-            return None
-        error = jsonschema.exceptions.best_match(validator.iter_errors(output))
-        if error is None:
-            return None
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        return f"{tool.name} returned output that does not match its outputSchema at {where}"
-
-
-@dataclass(eq=False)
-class _Call:
-    """One request in flight: where its messages go, and what may still be sent."""
-
-    session: McpSession
-    request: Request
-    sink: MessageSink
-    params: dict[str, Any]
-    meta: mcp.ModernMeta | None = None
-    token: str | int | None = None
-    last_progress: float = -math.inf
-    # Set (under the lock) just before the response goes out; nothing is sent after it.
-    closed: bool = False
-    lock: trio.Lock = field(default_factory=trio.Lock)
-
-    async def notify(self, method: str, params: dict[str, Any]) -> None:
-        async with self.lock:
-            if not self.closed:
-                await self.sink(encode_notification(method, params))
-
-    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
-        if self.token is None:
-            return  # the client did not ask for progress
-        params = mcp.progress_params(
-            self.token, progress, total, message, self.session.protocol_version
-        )
-        if params is None:
-            return
-        async with self.lock:
-            # Progress MUST increase; a tool repeating itself is dropped, not an error.
-            if self.closed or not progress > self.last_progress:
-                return
-            self.last_progress = progress
-            await self.sink(encode_notification("notifications/progress", params))
-
-    async def log(self, logger: str, level: str, data: Any) -> None:
-        if not mcp.is_log_level(level):
-            raise ValueError(f"unknown log level {level!r}; use one of {mcp.LOG_LEVELS}")
-        # 2026-07-28: only a request's own _meta logLevel opts in (MUST NOT send otherwise).
-        threshold = self.meta.log_level if self.meta is not None else self.session.log_level
-        if mcp.log_level_allows(threshold, level):
-            params = {"level": level, "logger": logger, "data": data}
-            await self.notify("notifications/message", params)
-
-
 class McpSession:
     """One MCP session (handshake era) or one request's worth of state (``modern=True``).
 
-    ``initialized`` turns true once ``initialize`` has been answered, which is when the Python SDK
-    starts serving requests too; ``client_ready`` records ``notifications/initialized``.
-    ``scopes=None`` means authorization is off; otherwise a tool's ``required_scope`` is enforced.
+    What the session knows of its client is ``state`` (plain, storable data).
+    ``scopes=None`` means authorization is off; otherwise a tool's ``required_scope`` is enforced
+    (a wildcard grant holds every scope, see ``core.tokens.has_scope``). ``call_limit`` bounds
+    the running ``tools/call``s; a transport that makes one session per request (2026-07-28)
+    shares one limiter across, say, a principal's requests.
     """
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        dispatcher: DispatcherView,
         *,
         modern: bool = False,
         session_id: str | None = None,
         principal_id: str | None = None,
         scopes: frozenset[str] | None = None,
-        call_limit: CallLimit | None = None,
+        call_limit: trio.CapacityLimiter | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.modern = modern
         self.session_id = session_id
         self.principal_id = principal_id
         self.scopes = scopes
-        self.call_limit = call_limit or CallLimit(dispatcher.max_concurrent_calls)
-        self.protocol_version: str | None = mcp.MODERN_VERSION if modern else None
-        self.initialized = False
-        self.client_ready = False
-        self.client_info: dict[str, Any] | None = None
-        self.client_capabilities: dict[str, Any] | None = None
-        self.log_level: str | None = dispatcher.default_log_level
+        self.call_limit = call_limit or trio.CapacityLimiter(dispatcher.max_concurrent_calls)
+        self.state = ProtocolState(
+            protocol_version=mcp.MODERN_VERSION if modern else None,
+            log_level=dispatcher.default_log_level,
+        )
         self._in_flight: dict[RequestId, trio.CancelScope] = {}
         self._initialize_id: RequestId | None = None
+
+    # The three fields every layer reads, kept as attributes of the session itself.
+
+    @property
+    def protocol_version(self) -> str | None:
+        return self.state.protocol_version
+
+    @protocol_version.setter
+    def protocol_version(self, value: str | None) -> None:
+        self.state.protocol_version = value
+
+    @property
+    def initialized(self) -> bool:
+        return self.state.initialized
+
+    @initialized.setter
+    def initialized(self, value: bool) -> None:
+        self.state.initialized = value
+
+    @property
+    def log_level(self) -> str | None:
+        return self.state.log_level
+
+    @log_level.setter
+    def log_level(self, value: str | None) -> None:
+        self.state.log_level = value
 
     @property
     def in_flight(self) -> int:
@@ -257,10 +178,10 @@ class McpSession:
         """Run a batch's members concurrently; malformed members get their -32600 first.
 
         Raises InvalidRequest before doing anything if the batch holds ``initialize`` (clients
-        MUST NOT batch it); the transport answers that as a whole (HTTP 400).
+        MUST NOT batch it); the transport answers that as a whole (HTTP 400). A transport that
+        runs the batch in another task checks ``check_batch`` first, while it can still answer.
         """
-        if any(isinstance(item, Request) and item.method == "initialize" for item in items):
-            raise InvalidRequest("initialize must not be sent in a batch")
+        check_batch(items)
         async with trio.open_nursery() as nursery:
             for item in items:
                 if isinstance(item, InvalidRequest):
@@ -287,7 +208,7 @@ class McpSession:
         if note.method == "notifications/initialized":
             # Before initialize it means nothing; ignored rather than letting it skip the handshake.
             if self.initialized:
-                self.client_ready = True
+                self.state.client_ready = True
         elif note.method == "notifications/cancelled":
             params = note.params if isinstance(note.params, dict) else {}
             target = params.get("requestId")
@@ -299,7 +220,7 @@ class McpSession:
 
     async def _handle_request(self, request: Request, sink: MessageSink) -> Outcome:
         params = request.params if isinstance(request.params, dict) else {}
-        call = _Call(self, request, sink, params)
+        call = Call(self, request, sink, params)
         if request.id in self._in_flight:
             # JSON-RPC ids must be unique among outstanding requests; the running one keeps going.
             return await self._send(call, None, InvalidRequest(f"id {request.id!r} is in use"))
@@ -325,7 +246,7 @@ class McpSession:
 
     @staticmethod
     async def _send(
-        call: _Call, result: dict[str, Any] | None, error: DatapulseError | None
+        call: Call, result: dict[str, Any] | None, error: DatapulseError | None
     ) -> Outcome:
         request_id = call.request.id
         if error is None:
@@ -341,7 +262,7 @@ class McpSession:
             await call.sink(reply)
         return Outcome(responded=True, error_code=None if error is None else error.jsonrpc_code)
 
-    async def _dispatch(self, call: _Call) -> dict[str, Any]:
+    async def _dispatch(self, call: Call) -> dict[str, Any]:
         method, d = call.request.method, self.dispatcher
         if self.modern:
             # Same order as the SDK's ladder: envelope shape, then version, then the method.
@@ -363,7 +284,13 @@ class McpSession:
         return mcp.modern_result(result, d.info) if self.modern else result
 
 
-def _not_found(call: _Call) -> MethodNotFound:
+def check_batch(items: Sequence[BatchItem]) -> None:
+    """InvalidRequest if a batch may not be run at all (it holds ``initialize``)."""
+    if any(isinstance(item, Request) and item.method == "initialize" for item in items):
+        raise InvalidRequest("initialize must not be sent in a batch")
+
+
+def _not_found(call: Call) -> MethodNotFound:
     method = call.request.method
     if call.session.modern and method == "initialize":
         # Name what we serve, so a client that insists on the handshake knows to drop the

@@ -1,30 +1,31 @@
 """The MCP methods, one coroutine each: ``(session, call) -> result``.
 
-``datapulse.dispatch`` decides which method runs and turns what it returns or raises into the
+``protocol.session`` decides which method runs and turns what it returns or raises into the
 JSON-RPC reply; the functions here only say what each method means. They read and update the
-``McpSession`` they are given and use ``core.mcp`` for every wire shape.
+``McpSession`` they are given and use ``core.mcp`` for every wire shape. ``protocol.dispatch``
+lists them in its method tables; this module imports neither it nor anything that imports it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from datapulse.core import mcp
 from datapulse.core.jsonrpc import InvalidRequest
+from datapulse.core.tokens import has_scope
 from datapulse.errors import Forbidden, InvalidParams, ToolError, TooManyRequests
+from datapulse.protocol.call import Call
+from datapulse.protocol.session import McpSession
 from datapulse.tools.registry import Tool, ToolContext
-
-if TYPE_CHECKING:
-    from datapulse.dispatch import McpSession, _Call
 
 log = logging.getLogger("datapulse.dispatch")
 
 
-async def initialize(session: McpSession, call: _Call) -> dict[str, Any]:
+async def initialize(session: McpSession, call: Call) -> dict[str, Any]:
     if session.initialized:
         raise InvalidRequest("the session is already initialized")
     params = call.params
@@ -37,7 +38,7 @@ async def initialize(session: McpSession, call: _Call) -> dict[str, Any]:
         raise InvalidParams("capabilities and clientInfo must be objects")
     # No await before this point: two racing initialize requests cannot both succeed.
     session.protocol_version = mcp.negotiate_version(requested)
-    session.client_capabilities, session.client_info = capabilities, info
+    session.state.client_capabilities, session.state.client_info = capabilities, info
     session.initialized = True
     session._initialize_id = call.request.id
     d = session.dispatcher
@@ -46,24 +47,24 @@ async def initialize(session: McpSession, call: _Call) -> dict[str, Any]:
     )
 
 
-async def ping(session: McpSession, call: _Call) -> dict[str, Any]:
+async def ping(session: McpSession, call: Call) -> dict[str, Any]:
     return {}
 
 
-async def discover(session: McpSession, call: _Call) -> dict[str, Any]:
+async def discover(session: McpSession, call: Call) -> dict[str, Any]:
     return mcp.discover_result(session.dispatcher.instructions)
 
 
-async def list_tools(session: McpSession, call: _Call) -> dict[str, Any]:
+async def list_tools(session: McpSession, call: Call) -> dict[str, Any]:
     d = session.dispatcher
     page, next_cursor = mcp.paginate(list(d.registry), call.params.get("cursor"), d.page_size)
-    result = mcp.list_tools_result(page, session.protocol_version)
+    result = mcp.list_tools_result([t.describe() for t in page], session.protocol_version)
     if next_cursor is not None:
         result["nextCursor"] = next_cursor
     return mcp.cacheable(result) if session.modern else result
 
 
-async def set_level(session: McpSession, call: _Call) -> dict[str, Any]:
+async def set_level(session: McpSession, call: Call) -> dict[str, Any]:
     level = call.params.get("level")
     if not mcp.is_log_level(level):
         raise InvalidParams(f"level must be one of {', '.join(mcp.LOG_LEVELS)}")
@@ -71,14 +72,13 @@ async def set_level(session: McpSession, call: _Call) -> dict[str, Any]:
     return {}
 
 
-async def call_tool(session: McpSession, call: _Call) -> dict[str, Any]:
+async def call_tool(session: McpSession, call: Call) -> dict[str, Any]:
     d = session.dispatcher
     name = call.params.get("name")
     if not isinstance(name, str):
         raise InvalidParams("tools/call needs a string name")
     tool = d.registry.get(name)  # UnknownTool: a protocol error (-32602), not an isError result
-    needed = tool.required_scope
-    if needed and session.scopes is not None and needed not in session.scopes:
+    if not has_scope(session.scopes, tool.required_scope):
         raise Forbidden(f"{name} needs the scope {tool.required_scope!r}")
     try:
         arguments = d.registry.validate_arguments(name, call.params.get("arguments"))
@@ -89,17 +89,19 @@ async def call_tool(session: McpSession, call: _Call) -> dict[str, Any]:
             return mcp.tool_error_result(str(exc))
         raise
     limit = session.call_limit
-    if limit.active >= limit.maximum:
-        raise TooManyRequests("too many concurrent calls")
-    limit.active += 1
+    try:
+        # On behalf of the call, not the task: one task may run several sessions' calls in turn.
+        limit.acquire_on_behalf_of_nowait(call)
+    except trio.WouldBlock:
+        raise TooManyRequests("too many concurrent calls") from None
     try:
         return await run_tool(session, call, tool, arguments)
     finally:
-        limit.active -= 1
+        limit.release_on_behalf_of(call)
 
 
 async def run_tool(
-    session: McpSession, call: _Call, tool: Tool, arguments: dict[str, Any]
+    session: McpSession, call: Call, tool: Tool, arguments: dict[str, Any]
 ) -> dict[str, Any]:
     d = session.dispatcher
 
@@ -132,7 +134,9 @@ async def run_tool(
     if problem is not None:
         return mcp.tool_error_result(problem)
     try:
-        return mcp.tool_call_result(tool, output, session.protocol_version)
+        return mcp.tool_call_result(
+            output, session.protocol_version, output_schema=tool.output_schema
+        )
     except TypeError:
         return mcp.tool_error_result(f"{tool.name} returned a value that is not JSON")
 

@@ -7,10 +7,10 @@ streams showed that machinery, not the write, was most of the CPU spent on pings
 
 Instead every stream reports each write here (``touch``), and one task keeps a heap of due times
 (entries made stale by a later write are skipped when they surface). It sleeps until the earliest
-stream is due, writes the pre-framed ping straight to that stream's socket when nothing else is
-being written there (else hands it a ``PING_DUE`` item through the stream's own channel), and
-schedules the next ping one interval after the *due* time, not after the moment it got round to
-it: when many pings fall due together, working through them takes a while, and re-arming from
+stream is due and calls its ``ping_due()`` (the ``Pingable`` interface): the stream writes the
+pre-framed ping straight to its socket when the socket takes it without waiting, else wakes its
+own task to write it. The next ping is scheduled one interval after the *due* time, not after the
+moment the pinger got round to it: when many pings fall due together, working through them takes a while, and re-arming from
 "now" would carry that delay into every later interval. Each write costs one ``heappush``; no
 per-stream timers exist.
 """
@@ -23,12 +23,6 @@ from typing import Protocol
 
 import trio
 
-from datapulse.core.eventlog import LoggedEvent
-from datapulse.core.sse import PING
-
-PING_DUE = LoggedEvent(seq=-1, wire=PING)
-"""The channel item that tells a stream to write a ping (never logged, never counted)."""
-
 COALESCE_S = 0.005
 """Pings falling due within this long are handled in one wake-up: thousands of streams opened a
 millisecond apart would otherwise cost one scheduler round trip per ping."""
@@ -39,7 +33,8 @@ request handling)."""
 
 
 class Pingable(Protocol):
-    def ping_due(self) -> None: ...
+    def ping_due(self) -> None:
+        """The stream has written nothing for an interval: write ``: ping`` (never waits)."""
 
 
 class Pinger:

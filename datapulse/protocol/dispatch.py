@@ -1,0 +1,88 @@
+"""``Dispatcher``: the server-wide half of the protocol layer, shared by every session.
+
+It holds the settings every session reads (names, page size, limits, timeouts) and the two method
+tables: which MCP method runs which handler in ``protocol.methods``, per era. ``McpSession``
+(``protocol.session``) routes each request through them; it reads this class through
+``DispatcherView``, so the import arrow points one way only: dispatch -> methods -> session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+
+from datapulse.core import mcp
+from datapulse.core.jsonrpc import DEFAULT_MAX_DEPTH
+from datapulse.protocol import methods
+from datapulse.protocol.session import Handler
+from datapulse.tools.registry import Tool, ToolRegistry
+
+
+class Dispatcher:
+    """Server-wide configuration and the method tables; each ``McpSession`` is given one."""
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        *,
+        server_name: str = "datapulse",
+        server_version: str = "0.1.0",
+        instructions: str | None = None,
+        page_size: int = 50,
+        max_concurrent_calls: int = 16,
+        call_timeout_s: float | None = 60.0,
+        default_log_level: str | None = "debug",
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        if max_concurrent_calls < 1:
+            # Checked here: trio.CapacityLimiter(0) is accepted and would refuse every call.
+            raise ValueError("max_concurrent_calls must be at least 1")
+        if call_timeout_s is not None and not call_timeout_s > 0:
+            raise ValueError("call_timeout_s must be positive")
+        if default_log_level is not None and not mcp.is_log_level(default_log_level):
+            raise ValueError(f"unknown log level {default_log_level!r}")
+        self.registry = registry
+        self.server_name = server_name
+        self.server_version = server_version
+        self.instructions = instructions
+        self.page_size = page_size
+        self.max_concurrent_calls = max_concurrent_calls
+        self.call_timeout_s = call_timeout_s
+        # Both SDKs send every level until the client calls logging/setLevel; so do we by default.
+        self.default_log_level = default_log_level
+        self.max_depth = max_depth
+        self.info = mcp.server_info(server_name, server_version)
+        self._output_validators: dict[str, Any] = {}
+        self.handshake_methods: dict[str, Handler] = {
+            "initialize": methods.initialize,
+            "ping": methods.ping,
+            "tools/list": methods.list_tools,
+            "tools/call": methods.call_tool,
+            "logging/setLevel": methods.set_level,
+        }
+        # 2026-07-28 removed initialize, ping and logging/setLevel: they answer -32601 there.
+        self.modern_methods: dict[str, Handler] = {
+            "server/discover": methods.discover,
+            "tools/list": methods.list_tools,
+            "tools/call": methods.call_tool,
+        }
+
+    def check_output(self, tool: Tool, output: Any) -> str | None:
+        """Why ``output`` breaks the tool's outputSchema (the spec's MUST), or None if it fits."""
+        if tool.output_schema is None or isinstance(output, mcp.ToolOutput):
+            return None
+        validator = self._output_validators.get(tool.name)
+        if validator is None:
+            schema = dict(tool.output_schema)
+            validator = jsonschema.validators.validator_for(schema)(schema)
+            self._output_validators[tool.name] = validator
+        if validator.is_valid(output):  # the common case builds no error objects
+            return None
+        error = jsonschema.exceptions.best_match(validator.iter_errors(output))
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        return f"{tool.name} returned output that does not match its outputSchema at {where}"

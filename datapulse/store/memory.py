@@ -1,0 +1,134 @@
+"""The in-memory session store: the embedded default, one process's dicts.
+
+Each log is a ``ReplayLog`` bounded by ``max_events``/``max_bytes``. Records are handed out as
+copies, so that what a caller holds behaves as it would with a network backend: a change counts
+only once it is written back through the interface.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from typing import Any
+
+from datapulse.core.eventlog import LoggedEvent, ReplayLog
+from datapulse.core.session import SessionRecord
+from datapulse.store.base import (
+    KEPT_REQUEST_LOGS,
+    LogKey,
+    LogRead,
+    SessionExists,
+    UnknownLog,
+)
+
+
+class MemorySessionStore:
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._records: dict[str, SessionRecord] = {}
+        self._protocol: dict[str, dict[str, Any]] = {}
+        self._logs: dict[LogKey, ReplayLog] = {}
+        self._closed: set[LogKey] = set()
+        self._request_logs: dict[str, deque[LogKey]] = {}
+        self._next_stream: dict[str, int] = {}
+
+    # -- records ---------------------------------------------------------------------------
+
+    async def create(self, record: SessionRecord) -> None:
+        if record.id in self._records:
+            raise SessionExists(record.id)
+        self._records[record.id] = copy.copy(record)
+        self._logs[LogKey(record.id)] = self._new_log(LogKey(record.id))
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        record = self._records.get(session_id)
+        return copy.copy(record) if record is not None else None
+
+    async def delete(self, session_id: str) -> None:
+        self._records.pop(session_id, None)
+        self._protocol.pop(session_id, None)
+        self._next_stream.pop(session_id, None)
+        for key in [LogKey(session_id), *self._request_logs.pop(session_id, ())]:
+            self._logs.pop(key, None)
+            self._closed.discard(key)
+
+    async def touch(self, session_id: str, now: float) -> None:
+        record = self._records.get(session_id)
+        if record is not None:
+            record.touch(now)
+
+    async def expired(self, now: float) -> list[str]:
+        return [sid for sid, rec in self._records.items() if rec.is_expired(now)]
+
+    async def count(self) -> int:
+        return len(self._records)
+
+    async def mark_delivered(self, session_id: str, seq: int) -> None:
+        record = self._records.get(session_id)
+        if record is not None and seq > record.delivered_seq:
+            record.delivered_seq = seq
+
+    async def save_protocol(self, session_id: str, state: dict[str, Any]) -> None:
+        if session_id in self._records:
+            self._protocol[session_id] = copy.deepcopy(state)
+
+    async def load_protocol(self, session_id: str) -> dict[str, Any] | None:
+        state = self._protocol.get(session_id)
+        return copy.deepcopy(state) if state is not None else None
+
+    # -- logs ------------------------------------------------------------------------------
+
+    def _new_log(self, key: LogKey) -> ReplayLog:
+        return ReplayLog(self.max_events, self.max_bytes, id_prefix=key.id_prefix)
+
+    def _log(self, key: LogKey) -> ReplayLog:
+        log = self._logs.get(key)
+        if log is None:
+            raise UnknownLog(f"no log {key.stream} for session {key.session_id}")
+        return log
+
+    async def open_request_log(self, session_id: str) -> LogKey:
+        if session_id not in self._records:
+            raise UnknownLog(f"no session {session_id}")
+        number = self._next_stream.get(session_id, 1)
+        self._next_stream[session_id] = number + 1
+        key = LogKey(session_id, number)
+        self._logs[key] = self._new_log(key)
+        kept = self._request_logs.setdefault(session_id, deque())
+        kept.append(key)
+        while len(kept) > KEPT_REQUEST_LOGS:
+            await self.drop_log(kept[0])
+        return key
+
+    async def drop_log(self, key: LogKey) -> None:
+        if key.stream == 0:
+            return  # the session's own stream goes only with the session
+        self._logs.pop(key, None)
+        self._closed.discard(key)
+        kept = self._request_logs.get(key.session_id)
+        if kept is not None and key in kept:
+            kept.remove(key)
+
+    async def append(self, key: LogKey, data: str, event: str | None = None) -> LoggedEvent:
+        return self._log(key).append(data, event)
+
+    async def close_log(self, key: LogKey) -> None:
+        if key in self._logs:
+            self._closed.add(key)
+
+    async def last_seq(self, key: LogKey) -> int:
+        return self._log(key).last_seq
+
+    async def read(self, key: LogKey, after: int, limit: int | None = None) -> LogRead:
+        log = self._log(key)
+        events = log.events_after(after)
+        if limit is not None:
+            # Slice at once: the rest must not keep evicted events alive while the caller writes.
+            events = events[:limit]
+        return LogRead(events, log.last_seq, key in self._closed)
+
+    def log_bytes(self, session_id: str) -> int:
+        """Memory held by a session's stream-0 log (for tests and metrics)."""
+        log = self._logs.get(LogKey(session_id))
+        return log.size_bytes if log else 0

@@ -1,0 +1,77 @@
+"""TransportContext: the narrow slice of the server every transport is given.
+
+A transport adapts one wire (``/events``, ``/mcp``, ``/sse``, ``/ws``) to the same sessions and
+the same MCP protocol. This is everything it may reach: the settings, the live sessions (and
+through them the store), the tool registry, a factory for MCP protocol sessions, and two auth
+decisions it cannot make itself. ``Server`` builds one and hands it to each transport; no
+transport knows the ``Server`` or the other transports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from datapulse.auth.verifier import Principal
+from datapulse.config import Config
+from datapulse.core.session import valid_session_id
+from datapulse.core.tokens import enforced_scopes
+from datapulse.errors import BadRequest
+from datapulse.live.sessions import SessionManager
+from datapulse.net.http import Request
+from datapulse.protocol.dispatch import Dispatcher
+from datapulse.protocol.session import McpSession
+from datapulse.tools.registry import ToolRegistry
+
+
+class TransportAuth(Protocol):
+    def require_tool_scope(self, request: Request, tool_name: object) -> None:
+        """403 ``insufficient_scope`` if the request's token lacks the tool's scope."""
+
+    def bind_ticket(self, request: Request, session_id: str, route: str) -> None:
+        """The request's stream ticket (if it spent one) now opens ``session_id`` on ``route``."""
+
+
+@dataclass(frozen=True)
+class TransportContext:
+    config: Config
+    sessions: SessionManager
+    registry: ToolRegistry
+    dispatcher: Dispatcher
+    auth: TransportAuth
+
+    def protocol_session(
+        self,
+        principal: Principal,
+        *,
+        session_id: str | None = None,
+        modern: bool = False,
+        call_limit: trio.CapacityLimiter | None = None,
+    ) -> McpSession:
+        """A protocol session for ``principal`` (one per MCP session, or per modern request)."""
+        return McpSession(
+            self.dispatcher,
+            modern=modern,
+            session_id=session_id,
+            principal_id=principal.id,
+            scopes=enforced_scopes(principal.scopes),
+            call_limit=call_limit,
+        )
+
+
+def session_id_from(request: Request, *names: str) -> str:
+    """The session id a request names in its query (the first of ``names`` present): 400 when
+    it is missing or not 1-128 visible ASCII characters (what MCP allows in Mcp-Session-Id)."""
+    for name in names:
+        value = request.query_param(name)
+        if value:
+            return checked_session_id(value)
+    raise BadRequest(f"missing query parameter: {names[0]}")
+
+
+def checked_session_id(value: str) -> str:
+    if not valid_session_id(value):
+        raise BadRequest("session id must be 1-128 visible ASCII characters")
+    return value
