@@ -26,7 +26,7 @@ def valid_session_id(value: str) -> bool:
     return _SESSION_ID.fullmatch(value) is not None
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionRecord:
     id: str
     owner: str

@@ -23,7 +23,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from functools import partial
 from http import HTTPStatus
+from typing import Protocol
 
 import h11
 import trio
@@ -66,6 +68,33 @@ class _DateCache:
         if second != cls.second:
             cls.second, cls.value = second, formatdate(second, usegmt=True)
         return cls.value
+
+
+def _no_tasks(fn: TaskStarter) -> None:
+    raise RuntimeError("a request can start tasks only while its handler runs")
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs of the server that accepted it."""
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    def opened(self, connection: HTTPConnection) -> None: ...
+
+    def closed(self, connection: HTTPConnection) -> None: ...
+
+
+class _Alone:
+    """The host of a connection served on its own (tests, embedding without a listener)."""
+
+    shutting_down = False
+
+    def opened(self, connection: HTTPConnection) -> None:
+        pass
+
+    def closed(self, connection: HTTPConnection) -> None:
+        pass
 
 
 def _response_head(status: int, headers: list[tuple[str, str]]) -> h11.Response:
@@ -156,14 +185,24 @@ class _ResponseBody:
             self._woken = False
             await trio.lowlevel.checkpoint()
             return True
+        connection = self._connection
         with trio.CancelScope() as scope:
             self._wait_scope = scope
             try:
-                if self._connection.watching:
+                if connection.watching:
                     # The request's own tasks run beside us, and with them the disconnect
                     # watcher, which already reads the socket (and cancels us on EOF).
                     await trio.sleep_forever()
-                return await self._connection.read_while_busy()
+                # Read here rather than call read_while_busy(): one coroutine frame less on
+                # every idle stream, which is most of what an idle stream costs.
+                while connection.keep_reading():
+                    try:
+                        data = await connection.stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                    if not connection.received(data):
+                        return False
+                await trio.sleep_forever()
             finally:
                 self._wait_scope = None
         self._woken = False
@@ -179,13 +218,13 @@ class HTTPConnection:
         app: App,
         config: Config,
         client: tuple[str, int] | None,
-        shutting_down: Callable[[], bool],
+        host: ConnectionHost,
     ) -> None:
         self.stream = stream
         self.app = app
         self.config = config
         self.client = client
-        self.shutting_down = shutting_down
+        self.host = host
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
         # Cancelled by the server at shutdown while we wait for a next request (idle keep-alive).
         self.idle_scope: trio.CancelScope | None = None
@@ -201,7 +240,7 @@ class HTTPConnection:
 
     def _response_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         out = [SERVER_HEADER, ("Date", _DateCache.now()), *headers]
-        if self.shutting_down():
+        if self.host.shutting_down:
             out.append(("Connection", "close"))
         return out
 
@@ -243,7 +282,7 @@ class HTTPConnection:
         request: Request | None = None
         body = bytearray()
         while True:
-            if self.shutting_down() and started is None:
+            if self.host.shutting_down and started is None:
                 return None
             try:
                 event = self.conn.next_event()
@@ -303,73 +342,103 @@ class HTTPConnection:
 
     # -- responding ------------------------------------------------------------------------
 
-    async def read_while_busy(self) -> bool:
-        """Read while a response is in progress; False once the client has gone (EOF).
+    def received(self, data: bytes | bytearray) -> bool:
+        """Bytes read while a response is in progress; False (the client has gone) on EOF.
 
-        Bytes that arrive are fed to h11 for the next cycle (a pipelined request). Past
-        ``max_header_bytes`` of them we stop reading (TCP backpressure) until the response is done.
+        They are fed to h11 for the next cycle (a pipelined request).
         """
-        while True:
+        if not data:
+            self.client_gone = True
+            return False
+        self.conn.receive_data(bytes(data))
+        return True
+
+    def keep_reading(self) -> bool:
+        """Past ``max_header_bytes`` of pipelined bytes we stop reading (TCP backpressure)
+        until the response is done."""
+        return len(self.conn.trailing_data[0]) <= self.config.max_header_bytes
+
+    async def _watch_disconnect(self, scope: trio.CancelScope) -> None:
+        """Beside a request's own tasks: EOF cancels them and the response."""
+        while self.keep_reading():
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
-            if not data:
-                self.client_gone = True
-                return False
-            self.conn.receive_data(bytes(data))
-            if len(self.conn.trailing_data[0]) > self.config.max_header_bytes:
-                await trio.sleep_forever()
+            if not self.received(data):
+                scope.cancel()
+                return
+        await trio.sleep_forever()
 
-    async def _watch_disconnect(self, scope: trio.CancelScope) -> None:
-        """Beside a request's own tasks: EOF cancels them and the response."""
-        if not await self.read_while_busy():
-            scope.cancel()
+    def _start_task(self, nursery: trio.Nursery, fn: TaskStarter) -> None:
+        # The disconnect watcher runs only beside tasks the handler starts for this request
+        # (they must not outlive their client). A plain answer needs none, and a streamed body
+        # watches for the disconnect itself, in its own wait().
+        if not self.watching:
+            self.watching = True
+            nursery.start_soon(self._watch_disconnect, nursery.cancel_scope)
+        nursery.start_soon(fn)
 
     async def respond(self, request: Request) -> bool:
         """Run the app for ``request`` and write its response. Returns False to close."""
-        head_only = request.method == "HEAD"
+        response: Response | StreamingResponse | Upgrade | None = None
         completed = False
-        upgrade: Upgrade | None = None
         async with trio.open_nursery() as nursery:
-            # The disconnect watcher runs only beside tasks the handler starts for this request
-            # (they must not outlive their client). A plain answer needs none, and a streamed
-            # body watches for the disconnect itself, in its own wait().
-            def start_task(fn: TaskStarter) -> None:
-                if not self.watching:
-                    self.watching = True
-                    nursery.start_soon(self._watch_disconnect, nursery.cancel_scope)
-                nursery.start_soon(fn)
-
-            request.start_task = start_task
+            request.start_task = partial(self._start_task, nursery)
             try:
                 response = await self.app(request)
-                if isinstance(response, Upgrade):
-                    upgrade = response
-                elif isinstance(response, Response):
-                    await self._write_response(response, head_only)
-                else:
-                    await self._write_stream(response, head_only)
-                completed = not self.client_gone
-            except ClientGone:
-                pass
-            except Exception:
-                # The app turns its errors into responses; reaching here is a bug in a stream
-                # body after its headers were sent. Nothing valid can follow: log and close.
-                log.exception("response to %s %s failed", request.method, request.path)
-            # Stops the watcher and the request's tasks; a cancelled receive_some consumes no
-            # bytes, so nothing the client sent is lost to an upgrade or the next request.
-            if self.watching:
+            except Exception:  # the router answers every error; this is a bug in it
+                log.exception("app failed on %s %s", request.method, request.path)
+            if response is not None and self.watching:
+                # The request started tasks: its response is written here, beside them, and
+                # a disconnect cancels both. This stops the watcher and the tasks afterwards;
+                # a cancelled receive_some consumes no bytes, so nothing the client sent is lost.
+                completed = await self._send_response(request, response)
                 nursery.cancel_scope.cancel()
+        if response is None:
+            return False
+        if not self.watching:
+            # Most responses, idle streams included, are written after the nursery has gone:
+            # a stream that lives for hours should not hold one.
+            request.start_task = _no_tasks
+            completed = await self._send_response(request, response)
         self.watching = False
-        if upgrade is not None and completed:
-            await upgrade.run(
+        if isinstance(response, Upgrade) and completed:
+            await response.run(
                 _ReplayStream(_request_head(request) + self.conn.trailing_data[0], self.stream)
             )
             return False
         if not completed:
             log.debug("closing %s after %s %s", self.peer, request.method, request.path)
         return completed and self.conn.our_state is h11.DONE
+
+    async def _send_response(
+        self, request: Request, response: Response | StreamingResponse | Upgrade
+    ) -> bool:
+        """Write ``response``; False if the connection cannot go on (the client left, a bug)."""
+        head_only = request.method == "HEAD"
+        try:
+            if isinstance(response, Upgrade):
+                return True
+            if isinstance(response, Response):
+                await self._write_response(response, head_only)
+                return True
+            headers = self._response_headers(response.headers)
+            await self._send(_response_head(response.status, headers))
+            if not head_only:
+                await response.body(_ResponseBody(self))
+                if self.client_gone:
+                    return False
+                await self.writer.flush()  # the tail of a partial try_write
+            await self._send(h11.EndOfMessage())
+            return not self.client_gone
+        except ClientGone:
+            return False
+        except Exception:
+            # The app turns its errors into responses; reaching here is a bug in a stream
+            # body after its headers were sent. Nothing valid can follow: log and close.
+            log.exception("response to %s %s failed", request.method, request.path)
+            return False
 
     async def _write_response(self, response: Response, head_only: bool) -> None:
         headers = self._response_headers(response.headers)
@@ -380,17 +449,6 @@ class HTTPConnection:
             events.append(h11.Data(data=response.body))
         events.append(h11.EndOfMessage())
         await self._send(*events)
-
-    async def _write_stream(self, response: StreamingResponse, head_only: bool) -> None:
-        headers = self._response_headers(response.headers)
-        await self._send(_response_head(response.status, headers))
-        if not head_only:
-            body = _ResponseBody(self)
-            await response.body(body)
-            if self.client_gone:
-                return
-            await self.writer.flush()  # the tail of a partial try_write
-        await self._send(h11.EndOfMessage())
 
     async def run(self) -> None:
         first = True
@@ -417,15 +475,13 @@ async def serve_connection(
     stream: trio.abc.Stream,
     app: App,
     config: Config,
+    *,
     client: tuple[str, int] | None = None,
-    shutting_down: Callable[[], bool] = lambda: False,
-    on_open: Callable[[HTTPConnection], None] | None = None,
-    on_close: Callable[[HTTPConnection], None] | None = None,
+    host: ConnectionHost | None = None,
 ) -> None:
     """Own ``stream`` for its whole life: serve requests, then always close it."""
-    connection = HTTPConnection(stream, app, config, client, shutting_down)
-    if on_open:
-        on_open(connection)
+    connection = HTTPConnection(stream, app, config, client, host or _Alone())
+    connection.host.opened(connection)
     try:
         await connection.run()
     except ClientGone:
@@ -434,8 +490,7 @@ async def serve_connection(
         # A bug in our code: log it, never let it reach another connection or the client.
         log.exception("connection %s failed", connection.peer)
     finally:
-        if on_close:
-            on_close(connection)
+        connection.host.closed(connection)
         # The descriptor number is about to be freed and may be reused by the next accepted
         # connection: no fast-path write may ever target it again.
         connection.writer.close()

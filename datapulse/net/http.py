@@ -85,7 +85,7 @@ def _no_connection(fn: TaskStarter) -> None:
     raise RuntimeError("this request is not being served by a connection")
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     method: str
     target: str

@@ -64,6 +64,14 @@ class HTTPServer:
         """Begin a graceful stop (idempotent). ``serve`` returns when it is done."""
         self._shutdown.set()
 
+    # -- ConnectionHost: what each connection needs of us -------------------------------------
+
+    def opened(self, connection: HTTPConnection) -> None:
+        self.connections.add(connection)
+
+    def closed(self, connection: HTTPConnection) -> None:
+        self.connections.discard(connection)
+
     @staticmethod
     async def _refuse(stream: trio.SocketStream, refusal: DatapulseError) -> None:
         """Answer before reading anything, then close: one round trip for the refused client."""
@@ -92,15 +100,7 @@ class HTTPServer:
         # No checkpoint between the checks and these counts: accepts cannot race past a limit.
         self.per_address[address] = open_here + 1
         try:
-            await serve_connection(
-                stream,
-                self.app,
-                self.config,
-                peer,
-                lambda: self.shutting_down,
-                self.connections.add,
-                self.connections.discard,
-            )
+            await serve_connection(stream, self.app, self.config, client=peer, host=self)
         finally:
             left = self.per_address[address] - 1
             if left:

@@ -94,7 +94,8 @@ class SessionStore(Protocol):
         """Append one event; UnknownLog if the log is not held."""
 
     async def close_log(self, key: LogKey) -> None:
-        """Nothing more will be appended (idempotent; a missing log is ignored)."""
+        """Nothing more will be appended: request streams only, the session's own log is never
+        closed (idempotent; a missing log is ignored)."""
 
     async def last_seq(self, key: LogKey) -> int:
         """The seq of the newest event appended (0 for none); UnknownLog if not held."""

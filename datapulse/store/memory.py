@@ -21,6 +21,9 @@ from datapulse.store.base import (
     UnknownLog,
 )
 
+_EMPTY = ReplayLog(1, 1)
+"""Stands in for a session log that has had no event yet (never appended to)."""
+
 
 class MemorySessionStore:
     def __init__(self, max_events: int, max_bytes: int) -> None:
@@ -39,7 +42,8 @@ class MemorySessionStore:
         if record.id in self._records:
             raise SessionExists(record.id)
         self._records[record.id] = copy.copy(record)
-        self._logs[LogKey(record.id)] = self._new_log(LogKey(record.id))
+        # The session's own log is made on its first event: most sessions of an idle stream
+        # never get one, and an empty ReplayLog (its deque) is most of an idle session's memory.
 
     async def get(self, session_id: str) -> SessionRecord | None:
         record = self._records.get(session_id)
@@ -82,10 +86,14 @@ class MemorySessionStore:
     def _new_log(self, key: LogKey) -> ReplayLog:
         return ReplayLog(self.max_events, self.max_bytes, id_prefix=key.id_prefix)
 
-    def _log(self, key: LogKey) -> ReplayLog:
+    def _log(self, key: LogKey, *, create: bool = False) -> ReplayLog:
         log = self._logs.get(key)
         if log is None:
-            raise UnknownLog(f"no log {key.stream} for session {key.session_id}")
+            if key.stream != 0 or key.session_id not in self._records:
+                raise UnknownLog(f"no log {key.stream} for session {key.session_id}")
+            if not create:
+                return _EMPTY
+            log = self._logs[key] = self._new_log(key)
         return log
 
     async def open_request_log(self, session_id: str) -> LogKey:
@@ -111,10 +119,10 @@ class MemorySessionStore:
             kept.remove(key)
 
     async def append(self, key: LogKey, data: str, event: str | None = None) -> LoggedEvent:
-        return self._log(key).append(data, event)
+        return self._log(key, create=True).append(data, event)
 
     async def close_log(self, key: LogKey) -> None:
-        if key in self._logs:
+        if key in self._logs and key.stream != 0:
             self._closed.add(key)
 
     async def last_seq(self, key: LogKey) -> int:

@@ -19,6 +19,7 @@ every MCP transport; the replies are translated back into this format.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import orjson
@@ -31,7 +32,7 @@ from datapulse.core.tokens import enforced_scopes
 from datapulse.errors import BadRequest, UnprocessableEntity
 from datapulse.live.sessions import LiveSession
 from datapulse.live.stream import SSE_HEADERS
-from datapulse.net.http import BodyStream, Request, Response, StreamingResponse, json_response
+from datapulse.net.http import Request, Response, StreamingResponse, json_response
 from datapulse.protocol.session import McpSession
 from datapulse.transports.context import TransportContext, session_id_from
 
@@ -92,10 +93,8 @@ class EventsTransport:
         resume_after = resume_point(request)
         live = await self.sessions.get_or_create(session_id, request.caller.id, KIND)
         self.context.auth.bind_ticket(request, live.id, KIND)
-
-        async def body(out: BodyStream) -> None:
-            await self.sessions.stream_session(live, out, resume_after=resume_after)
-
+        # A partial, not a closure: it is held by every idle stream, and is smaller.
+        body = partial(self.sessions.stream_session, live, resume_after=resume_after)
         return StreamingResponse(200, list(SSE_HEADERS), body)
 
     async def post_message(self, request: Request) -> Response:
