@@ -2,8 +2,8 @@
 
 Every error a client can cause is one of these. Each carries the HTTP status it maps to and the
 JSON-RPC code it maps to, so the mapping lives here, with the error. Turning one into bytes is done
-in one place per style: ``net.http.error_response`` (plain JSON) and ``jsonrpc_error_body``
-(a JSON-RPC error object, used by the dispatcher and by MCP endpoints).
+in one place per style: ``net.http.error_response`` (plain JSON) and ``core.jsonrpc.
+encode_exception`` (a JSON-RPC error object, used by the dispatcher and by MCP endpoints).
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ import trio
 from datapulse.auth.setup import StartingVerifier, open_configured_verifier
 from datapulse.auth.verifier import BearerVerifier, Verifier
 from datapulse.config import Config
-from datapulse.core.jsonrpc import MAX_BATCH_ITEMS
 from datapulse.errors import SessionNotFound
 from datapulse.live.sessions import SessionManager
 from datapulse.net.http import ErrorStyle, Request, Response, json_response
@@ -100,6 +99,7 @@ class Server:
             max_concurrent_calls=self.config.max_calls_per_session,
             call_timeout_s=self.config.call_timeout_s,
             max_depth=self.config.max_json_depth,
+            max_batch_items=self.config.max_batch_items,
         )
         self.router = Router(self.verifier)
         self.router.before.append(
@@ -175,8 +175,6 @@ class Server:
         self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
     ) -> None:
         await self.open_verifier()
-        # Inherited by every task spawned below: the batch limit parse_message applies.
-        MAX_BATCH_ITEMS.set(self.config.max_batch_items)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.sessions.run)
             # http.serve returns only after a graceful shutdown; the sessions (and their tool

@@ -13,13 +13,12 @@ id when it could be read, because an error for a readable request must echo its 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
-from datapulse.errors import BadRequest, NotFound
+from datapulse.errors import BadRequest, DatapulseError, NotFound
 
 RequestId = str | int
 Params = dict[str, Any] | list[Any] | None
@@ -32,13 +31,6 @@ DEFAULT_MAX_DEPTH: Final = 64
 # batches in practice, and the cap keeps one body from becoming thousands of tasks.
 DEFAULT_MAX_BATCH_ITEMS: Final = 50
 
-MAX_BATCH_ITEMS: ContextVar[int] = ContextVar(
-    "datapulse_max_batch_items", default=DEFAULT_MAX_BATCH_ITEMS
-)
-"""The batch limit ``parse_message`` applies when its caller passes none. ``Server.serve`` sets it
-from ``Config.max_batch_items`` in its own task; every task it spawns inherits the value (Trio
-copies the context into child tasks), so the transports need not thread it through each call and
-two servers in one process keep their own limits."""
 
 # orjson rejects non-str keys by default; JSON only has string keys, so stringify instead of
 # failing a whole response because a tool returned {1: "x"}.
@@ -184,7 +176,7 @@ def parse_message(
     *,
     allow_batch: bool = False,
     max_depth: int = DEFAULT_MAX_DEPTH,
-    max_batch_items: int | None = None,
+    max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
 ) -> Message | list[BatchItem]:
     """Decode one JSON-RPC body.
 
@@ -193,7 +185,8 @@ def parse_message(
     ``InvalidRequest`` when the body as a whole is unusable; the body-level InvalidRequest of a
     batch always has ``request_id`` None. Batches are legal only in 2024-11-05/2025-03-26, so the
     caller decides (see ``datapulse.core.mcp.batches_allowed``). A batch longer than
-    ``max_batch_items`` (default: ``MAX_BATCH_ITEMS``) is refused whole with InvalidRequest.
+    ``max_batch_items`` is refused whole with InvalidRequest (``Config.max_batch_items``: each
+    caller passes its server's limits, like ``max_depth``).
     """
     try:
         decoded = orjson.loads(data)
@@ -207,9 +200,10 @@ def parse_message(
         raise InvalidRequest("JSON-RPC batches are not accepted here")
     if not decoded:
         raise InvalidRequest("an empty batch is not a valid request")
-    limit = MAX_BATCH_ITEMS.get() if max_batch_items is None else max_batch_items
-    if len(decoded) > limit:
-        raise InvalidRequest(f"a batch of {len(decoded)} messages exceeds the limit of {limit}")
+    if len(decoded) > max_batch_items:
+        raise InvalidRequest(
+            f"a batch of {len(decoded)} messages exceeds the limit of {max_batch_items}"
+        )
     items: list[BatchItem] = []
     for element in decoded:
         try:
@@ -246,3 +240,13 @@ def encode_error(request_id: RequestId | None, code: int, message: str, data: An
     if data is not None:
         error["data"] = data
     return _dump({"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
+def encode_exception(exc: DatapulseError, request_id: RequestId | None = None) -> bytes:
+    """A DatapulseError as a JSON-RPC error message: the one place an error gets its JSON-RPC
+    shape (its code comes from the error class). ``data=...`` given to the error is sent as
+    ``error.data``; without ``request_id``, an error that read the request's id answers with it.
+    """
+    if request_id is None:
+        request_id = exc.request_id
+    return encode_error(request_id, exc.jsonrpc_code, str(exc), exc.extra.get("data"))

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from datapulse.auth.verifier import Principal
-from datapulse.core.jsonrpc import RequestId, encode_error
+from datapulse.core.jsonrpc import RequestId, encode_exception
 from datapulse.core.media import media_type
 from datapulse.errors import DatapulseError, Unauthorized
 
@@ -217,17 +217,10 @@ def error_response(exc: DatapulseError) -> Response:
     )
 
 
-def jsonrpc_error_body(exc: DatapulseError, request_id: RequestId | None = None) -> bytes:
-    """A DatapulseError as a JSON-RPC error message; ``data=...`` given to it is ``error.data``."""
-    if request_id is None:
-        request_id = exc.request_id
-    return encode_error(request_id, exc.jsonrpc_code, str(exc), exc.extra.get("data"))
-
-
 def jsonrpc_error_response(exc: DatapulseError, request_id: RequestId | None = None) -> Response:
     """A DatapulseError as an MCP endpoint answers it: its status, a JSON-RPC error body."""
     return Response(
-        exc.http_status, [*JSON_HEADERS, *exc.headers], jsonrpc_error_body(exc, request_id)
+        exc.http_status, [*JSON_HEADERS, *exc.headers], encode_exception(exc, request_id)
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 
 from datapulse.core import mcp
-from datapulse.core.jsonrpc import DEFAULT_MAX_DEPTH
+from datapulse.core.jsonrpc import DEFAULT_MAX_BATCH_ITEMS, DEFAULT_MAX_DEPTH
 from datapulse.protocol import methods
 from datapulse.protocol.session import Handler
 from datapulse.tools.registry import Tool, ToolRegistry
@@ -34,6 +34,7 @@ class Dispatcher:
         call_timeout_s: float | None = 60.0,
         default_log_level: str | None = "debug",
         max_depth: int = DEFAULT_MAX_DEPTH,
+        max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -54,6 +55,7 @@ class Dispatcher:
         # Both SDKs send every level until the client calls logging/setLevel; so do we by default.
         self.default_log_level = default_log_level
         self.max_depth = max_depth
+        self.max_batch_items = max_batch_items
         self.info = mcp.server_info(server_name, server_version)
         self._output_validators: dict[str, Any] = {}
         self.handshake_methods: dict[str, Handler] = {

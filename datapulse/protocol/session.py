@@ -12,7 +12,8 @@ see ``notifications/cancelled``) runs it with ``nursery.start_soon``. Cancellati
 a cancelled caller cancels the request; ``notifications/cancelled`` cancels only the request's
 own scope, after which nothing is sent for it.
 
-This is also the only place DatapulseErrors become JSON-RPC error objects (``encode_exception``).
+Every DatapulseError a request raises is answered here as a JSON-RPC error object (with
+``core.jsonrpc.encode_exception``, which MCP endpoints use for HTTP-level errors too).
 The session reads its ``Dispatcher`` through ``DispatcherView``, so this module does not import
 ``protocol.dispatch`` (which imports the methods, which import this module).
 """
@@ -35,7 +36,7 @@ from datapulse.core.jsonrpc import (
     Notification,
     Request,
     RequestId,
-    encode_error,
+    encode_exception,
     encode_result,
     parse_message,
 )
@@ -64,6 +65,7 @@ class DispatcherView(Protocol):
     call_timeout_s: float | None
     default_log_level: str | None
     max_depth: int
+    max_batch_items: int
     info: dict[str, Any]
     handshake_methods: dict[str, Handler]
     modern_methods: dict[str, Handler]
@@ -81,14 +83,6 @@ class Outcome:
 
     responded: bool
     error_code: int | None = None
-
-
-def encode_exception(exc: DatapulseError, request_id: RequestId | None = None) -> bytes:
-    """A DatapulseError as a JSON-RPC error message. ``data=...`` given to the error is sent as
-    ``error.data``; an InvalidRequest that read the id answers with it."""
-    if request_id is None and isinstance(exc, InvalidRequest):
-        request_id = exc.request_id
-    return encode_error(request_id, exc.jsonrpc_code, str(exc), exc.extra.get("data"))
 
 
 class McpSession:
@@ -194,7 +188,10 @@ class McpSession:
         where even a parse error is answered in-band rather than by an HTTP status."""
         try:
             parsed = parse_message(
-                data, allow_batch=self.batches_allowed, max_depth=self.dispatcher.max_depth
+                data,
+                allow_batch=self.batches_allowed,
+                max_depth=self.dispatcher.max_depth,
+                max_batch_items=self.dispatcher.max_batch_items,
             )
         except DatapulseError as exc:
             await sink(encode_exception(exc))

@@ -16,6 +16,7 @@ import trio
 
 from datapulse.auth.verifier import Principal
 from datapulse.config import Config
+from datapulse.core.jsonrpc import BatchItem, Message, parse_message
 from datapulse.core.session import valid_session_id
 from datapulse.core.tokens import enforced_scopes
 from datapulse.errors import BadRequest
@@ -41,6 +42,15 @@ class TransportContext:
     registry: ToolRegistry
     dispatcher: Dispatcher
     auth: TransportAuth
+
+    def parse_message(self, body: bytes, *, allow_batch: bool = False) -> Message | list[BatchItem]:
+        """A JSON-RPC body parsed under this server's limits (depth, batch size)."""
+        return parse_message(
+            body,
+            allow_batch=allow_batch,
+            max_depth=self.config.max_json_depth,
+            max_batch_items=self.config.max_batch_items,
+        )
 
     def protocol_session(
         self,

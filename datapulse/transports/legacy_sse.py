@@ -14,7 +14,6 @@ import logging
 
 import trio
 
-from datapulse.core.jsonrpc import parse_message
 from datapulse.core.sse import encode_data
 from datapulse.errors import BadRequest, SessionNotFound
 from datapulse.live.stream import SSE_HEADERS, control_comment
@@ -61,11 +60,7 @@ class LegacySseTransport:
         protocol = live.protocol
         if protocol is None:  # pragma: no cover - created together
             raise SessionNotFound("unknown session")
-        message = parse_message(
-            request.body,
-            allow_batch=protocol.batches_allowed,
-            max_depth=self.context.config.max_json_depth,
-        )
+        message = self.context.parse_message(request.body, allow_batch=protocol.batches_allowed)
         if isinstance(message, list):
             check_batch(message)  # 400 now: the batch runs after the 202
 

@@ -42,7 +42,6 @@ from datapulse.core.jsonrpc import (
     Notification,
     Request,
     encode_error,
-    parse_message,
 )
 from datapulse.core.media import accepts
 from datapulse.errors import (
@@ -141,9 +140,7 @@ class StreamableTransport:
         return version is not None and version.strip() not in mcp.SUPPORTED_VERSIONS
 
     def _parse(self, request: HttpRequest, *, allow_batch: bool = False) -> Any:
-        return parse_message(
-            request.body, allow_batch=allow_batch, max_depth=self.config.max_json_depth
-        )
+        return self.context.parse_message(request.body, allow_batch=allow_batch)
 
     async def _session(self, request: HttpRequest) -> tuple[LiveSession, McpSession]:
         session_id = request.header("mcp-session-id")
