@@ -17,6 +17,7 @@ from datapulse.core.jsonrpc import DEFAULT_MAX_BATCH_ITEMS, DEFAULT_MAX_DEPTH
 from datapulse.protocol import methods
 from datapulse.protocol.session import Handler
 from datapulse.tools.registry import Tool, ToolRegistry
+from datapulse.version import __version__
 
 
 class Dispatcher:
@@ -27,7 +28,7 @@ class Dispatcher:
         registry: ToolRegistry,
         *,
         server_name: str = "datapulse",
-        server_version: str = "0.1.0",
+        server_version: str = __version__,
         instructions: str | None = None,
         page_size: int = 50,
         max_concurrent_calls: int = 16,
