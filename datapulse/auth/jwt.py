@@ -261,6 +261,11 @@ class JwtVerifier:
             )
         return key
 
+    @property
+    def static_key(self) -> Key | None:
+        """The configured static verification key (its public half), or None when using JWKS."""
+        return self._static_key
+
     def _verified_payload(self, token: str, key: Key, alg: str) -> bytes:
         try:
             key.check_use("sig")

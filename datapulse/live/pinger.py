@@ -49,6 +49,11 @@ class Pinger:
     def __len__(self) -> int:
         return len(self._due)
 
+    @property
+    def scheduled(self) -> int:
+        """Entries in the schedule heap, stale ones included (touches must not grow it)."""
+        return len(self._heap)
+
     def _schedule(self, stream: Pingable, due: float) -> None:
         self._due[stream] = due
         heapq.heappush(self._heap, (due, next(self._order), stream))

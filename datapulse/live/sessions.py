@@ -23,6 +23,7 @@ Ownership, from the top:
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,6 +40,7 @@ from datapulse.live.pinger import Pinger
 from datapulse.live.stream import Control, LogStream, StoreLog, control_comment, control_event
 from datapulse.net.http import BodyStream
 from datapulse.protocol.session import McpSession
+from datapulse.protocol.state import ProtocolState
 from datapulse.store.base import LogKey, SessionStore, UnknownLog
 
 log = logging.getLogger("datapulse.sessions")
@@ -74,7 +76,7 @@ class LiveSession:
         self.protocol: McpSession | None = None
         """The MCP protocol state machine of the session (None for the original API until its
         first request, and for a session restored from the store until it is used)."""
-        self.saved_protocol: dict[str, Any] | None = None
+        self.saved_protocol: ProtocolState | None = None
         self.ended = False
         self.running = 0
         """Tasks started by ``SessionManager.spawn`` that have not finished (calls in flight)."""
@@ -115,6 +117,11 @@ class SessionManager:
     def owned_by(self, owner: str) -> int:
         """How many live sessions ``owner`` holds (what ``max_sessions_per_principal`` counts)."""
         return self._owned.get(owner, 0)
+
+    @property
+    def owned_total(self) -> int:
+        """The per-principal session counts summed (equals ``len(self)`` unless they leak)."""
+        return sum(self._owned.values())
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -284,13 +291,17 @@ class SessionManager:
     # -- protocol state --------------------------------------------------------------------------
 
     async def save_protocol(self, live: LiveSession) -> None:
-        """Write the session's MCP protocol state through to the store if it changed."""
+        """Write the session's MCP protocol state through to the store if it changed.
+
+        Called after every message; the state changes a few times per session (initialize,
+        logging/setLevel), so the check is a field-wise comparison with the last saved copy.
+        """
         if live.protocol is None:
             return
-        state = live.protocol.state.to_dict()
+        state = live.protocol.state
         if state != live.saved_protocol:
-            live.saved_protocol = state
-            await self.store.save_protocol(live.id, state)
+            live.saved_protocol = copy.copy(state)
+            await self.store.save_protocol(live.id, state.to_dict())
 
     # -- events --------------------------------------------------------------------------------
 

@@ -11,9 +11,15 @@ Timeouts, and what the client sees:
   so a slowloris client holds a connection for a bounded time;
 * each socket write: ``write_timeout_s``; expiry closes (a peer that stopped reading).
 
-While the application runs, a watcher task keeps reading the socket: EOF means the client left,
-and the handler's cancel scope is cancelled, so a stream or a tool call never outlives its
-client. Bytes that arrive meanwhile (a pipelined request) are fed to h11 for the next cycle.
+Noticing that the client left, without a second task where none is needed:
+* a streamed body reads the socket itself while it idles (``BodyStream.wait``, in net/body.py):
+  EOF is what ``wait`` returns, so an idle stream is this connection's one task;
+* a handler that starts tasks for its request (``request.start_task``) gets the disconnect
+  watcher beside them: EOF cancels the tasks and the response;
+* a plain answer needs neither: it finishes quickly, and a failed write ends it anyway.
+Bytes that arrive meanwhile (a pipelined request) are fed to h11 for the next cycle.
+
+Every write goes through the connection's ``SocketWriter`` (net/writer.py).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from datapulse.errors import (
     PayloadTooLarge,
     RequestTimeout,
 )
+from datapulse.net.body import RECEIVE_SIZE, ResponseBody
 from datapulse.net.http import (
     Request,
     Response,
@@ -46,13 +53,13 @@ from datapulse.net.http import (
     Upgrade,
     encode_raw_response,
 )
+from datapulse.net.upgrade import ReplayStream, request_head
 from datapulse.net.writer import ClientGone, SocketWriter
 
 log = logging.getLogger("datapulse.http")
 
 App = Callable[[Request], Awaitable[Response | StreamingResponse | Upgrade]]
 
-RECEIVE_SIZE = 65536
 SERVER_HEADER = ("Server", "datapulse")
 
 
@@ -103,110 +110,6 @@ def _response_head(status: int, headers: list[tuple[str, str]]) -> h11.Response:
     except ValueError:
         reason = b""
     return h11.Response(status_code=status, headers=headers, reason=reason)
-
-
-def _request_head(request: Request) -> bytes:
-    """The request head again, as bytes, for a protocol that wants to parse it itself."""
-    lines = [f"{request.method} {request.target} HTTP/{request.http_version}".encode()]
-    lines += [name + b": " + value for name, value in request.headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-class _ReplayStream(trio.abc.Stream):
-    """A stream that first yields ``prefix``, then reads from ``inner``; writes go to ``inner``."""
-
-    def __init__(self, prefix: bytes, inner: trio.abc.Stream) -> None:
-        self._prefix = prefix
-        self._inner = inner
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            chunk, self._prefix = self._prefix[:size], self._prefix[size:]
-            await trio.lowlevel.checkpoint()
-            return chunk
-        return bytes(await self._inner.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _ResponseBody:
-    """A streamed response body as its producer sees it (``net.http.BodyStream``).
-
-    Writes go through the connection's ``SocketWriter``. HTTP/1.1 bodies are chunked, framed here
-    by hand: h11's chunked writer keeps no state, so this is equivalent and skips building and
-    validating an event per write. HTTP/1.0 bodies are delimited by closing the connection and go
-    through h11 unchanged.
-
-    ``wait()`` is where an idle stream spends its life: it reads the socket (EOF is how a client
-    leaves; a pipelined request is kept for h11's next cycle) until another task calls ``wake()``.
-    So a stream is one task, and its disconnect is an event it sees, not a second task's cancel.
-    """
-
-    def __init__(self, connection: HTTPConnection) -> None:
-        self._connection = connection
-        self._writer = connection.writer
-        self._chunked = connection.conn.their_http_version == b"1.1"
-        self._woken = False
-        self._wait_scope: trio.CancelScope | None = None
-
-    def _frame(self, chunk: bytes) -> bytes:
-        if self._chunked:
-            return b"%x\r\n%b\r\n" % (len(chunk), chunk)
-        return self._connection.conn.send(h11.Data(data=chunk)) or b""
-
-    async def write(self, chunk: bytes) -> None:
-        if chunk:
-            await self._writer.write(self._frame(chunk))
-        elif self._writer.has_pending:
-            await self._writer.flush()
-
-    def try_write(self, chunk: bytes) -> bool:
-        return self._writer.try_write(self._frame(chunk))
-
-    @property
-    def needs_flush(self) -> bool:
-        return self._writer.has_pending
-
-    def wake(self) -> None:
-        self._woken = True
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
-
-    async def wait(self) -> bool:
-        if self._woken:
-            self._woken = False
-            await trio.lowlevel.checkpoint()
-            return True
-        connection = self._connection
-        with trio.CancelScope() as scope:
-            self._wait_scope = scope
-            try:
-                if connection.watching:
-                    # The request's own tasks run beside us, and with them the disconnect
-                    # watcher, which already reads the socket (and cancels us on EOF).
-                    await trio.sleep_forever()
-                # Read here rather than call read_while_busy(): one coroutine frame less on
-                # every idle stream, which is most of what an idle stream costs.
-                while connection.keep_reading():
-                    try:
-                        data = await connection.stream.receive_some(RECEIVE_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
-                    if not connection.received(data):
-                        return False
-                await trio.sleep_forever()
-            finally:
-                self._wait_scope = None
-        self._woken = False
-        return True
 
 
 class HTTPConnection:
@@ -391,10 +294,11 @@ class HTTPConnection:
                 log.exception("app failed on %s %s", request.method, request.path)
             if response is not None and self.watching:
                 # The request started tasks: its response is written here, beside them, and
-                # a disconnect cancels both. This stops the watcher and the tasks afterwards;
-                # a cancelled receive_some consumes no bytes, so nothing the client sent is lost.
+                # a disconnect cancels both.
                 completed = await self._send_response(request, response)
-                nursery.cancel_scope.cancel()
+            # Stops the watcher and the request's tasks (also when the app failed after starting
+            # one); a cancelled receive_some consumes no bytes, so nothing the client sent is lost.
+            nursery.cancel_scope.cancel()
         if response is None:
             return False
         if not self.watching:
@@ -405,7 +309,7 @@ class HTTPConnection:
         self.watching = False
         if isinstance(response, Upgrade) and completed:
             await response.run(
-                _ReplayStream(_request_head(request) + self.conn.trailing_data[0], self.stream)
+                ReplayStream(request_head(request) + self.conn.trailing_data[0], self.stream)
             )
             return False
         if not completed:
@@ -426,7 +330,7 @@ class HTTPConnection:
             headers = self._response_headers(response.headers)
             await self._send(_response_head(response.status, headers))
             if not head_only:
-                await response.body(_ResponseBody(self))
+                await response.body(ResponseBody(self))
                 if self.client_gone:
                     return False
                 await self.writer.flush()  # the tail of a partial try_write
@@ -442,7 +346,10 @@ class HTTPConnection:
 
     async def _write_response(self, response: Response, head_only: bool) -> None:
         headers = self._response_headers(response.headers)
-        if not any(k.lower() == "content-length" for k, _ in headers):
+        # RFC 9110 8.6: never on a 204 (or 304, whose length is the representation's).
+        if response.status not in (204, 304) and not any(
+            k.lower() == "content-length" for k, _ in headers
+        ):
             headers.append(("Content-Length", str(len(response.body))))
         events: list[h11.Event] = [_response_head(response.status, headers)]
         if response.body and not head_only:

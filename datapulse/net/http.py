@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import orjson
+import trio
 
 from datapulse.auth.verifier import Principal
 from datapulse.core.jsonrpc import RequestId, encode_exception
@@ -193,7 +194,7 @@ class Upgrade:
     so the other protocol's handshake code can read the request as if it were first.
     """
 
-    run: Callable[[Any], Awaitable[None]]  # Any: a trio.abc.Stream; net/ is below trio's users
+    run: Callable[[trio.abc.Stream], Awaitable[None]]
 
 
 def json_body(obj: Any) -> bytes:

@@ -65,6 +65,10 @@ class MemorySessionStore:
     async def expired(self, now: float) -> list[str]:
         return [sid for sid, rec in self._records.items() if rec.is_expired(now)]
 
+    def __len__(self) -> int:
+        """How many session records are held (``count`` without the await, for leak checks)."""
+        return len(self._records)
+
     async def count(self) -> int:
         return len(self._records)
 

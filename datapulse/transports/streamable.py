@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
 import trio
 
 from datapulse.core import mcp, mcp_http
@@ -44,6 +43,7 @@ from datapulse.core.jsonrpc import (
     encode_error,
 )
 from datapulse.core.media import accepts
+from datapulse.core.sse import encode_data, encode_retry
 from datapulse.errors import (
     BadRequest,
     Conflict,
@@ -54,19 +54,18 @@ from datapulse.errors import (
 )
 from datapulse.live.sessions import LiveSession
 from datapulse.live.stream import SSE_HEADERS, LocalLog, LogStream, control_comment
-from datapulse.net.http import BodyStream, Response, StreamingResponse
+from datapulse.net.http import JSON_HEADERS, BodyStream, Response, StreamingResponse
 from datapulse.net.http import Request as HttpRequest
+from datapulse.protocol.call import MessageSink
 from datapulse.protocol.session import McpSession
 from datapulse.protocol.state import ProtocolState
 from datapulse.store.base import LogKey, UnknownLog
 from datapulse.transports.context import TransportContext, checked_session_id
+from datapulse.transports.request_run import JSON_WAIT_S, RequestRun, is_response, json_reply
 
 log = logging.getLogger("datapulse.mcp")
 
 KIND = "mcp"
-JSON_WAIT_S = 0.5
-"""How long a POST waits for a bare reply before committing to an SSE response."""
-JSON_HEADERS = [("Content-Type", "application/json")]
 ROUTING_HEADERS = ("mcp-protocol-version", "mcp-method", "mcp-name")
 REQUEST_CANCELLED = -32800
 """Ends the POST stream of a request cancelled by ``notifications/cancelled`` (handshake era).
@@ -74,44 +73,6 @@ REQUEST_CANCELLED = -32800
 That wire ends a request's stream only with a response; without one, a client that resumes the
 stream (the Python SDK does, from the priming id) polls for it forever. The Python SDK's server
 answers with this code for the same reason; clients ignore replies to requests they cancelled."""
-
-
-def is_response(message: bytes) -> bool:
-    """A reply (has ``result``/``error``), as opposed to a notification we sent before it."""
-    decoded = orjson.loads(message)
-    return isinstance(decoded, dict) and "method" not in decoded
-
-
-class RequestRun:
-    """What the POST that started a request sees of it while it runs in another task: how many
-    messages it sent, its reply, whether it is done. Process-local by nature: the POST waits
-    here, for ``JSON_WAIT_S`` at most, on the instance that runs the call."""
-
-    def __init__(self) -> None:
-        self.messages = 0
-        self.reply: bytes | None = None
-        self.done = False
-        self.error_code: int | None = None
-        self._changed = trio.Event()
-
-    def note(self, message: bytes) -> None:
-        self.messages += 1
-        if is_response(message):
-            self.reply = message
-        self._wake()
-
-    def finish(self) -> None:
-        self.done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait(self, *, first_message: bool) -> None:
-        """Until the request is done (or, with ``first_message``, has sent anything)."""
-        while not self.done and not (first_message and self.messages):
-            await self._changed.wait()
 
 
 class StreamableTransport:
@@ -203,45 +164,66 @@ class StreamableTransport:
     ) -> Response | StreamingResponse:
         cfg = self.config
         sessions = self.sessions
-        key = await sessions.open_request_log(live)
         progress = RequestRun()
+        if cfg.json_response:
+            # Notifications are dropped and the reply can only be JSON: nothing to resume, so
+            # no log either.
+            async def note(data: bytes) -> None:
+                progress.note(data)
+
+            async def answer() -> None:
+                replied = False
+                try:
+                    replied = await self._handle_request(protocol, message, note)
+                    await sessions.save_protocol(live)
+                finally:
+                    progress.finish(replied=replied)
+
+            sessions.spawn(live, answer)
+            await progress.wait(first_message=False)
+            return json_reply(progress)
+        key = await sessions.open_request_log(live)
 
         async def sink(data: bytes) -> None:
             await sessions.push(live, key, data)
             progress.note(data)
 
         async def run() -> None:
+            replied = False
             try:
-                outcome = await protocol.handle(message, sink)
-                if not outcome.responded:
-                    await sink(encode_error(message.id, REQUEST_CANCELLED, "request cancelled"))
+                replied = await self._handle_request(protocol, message, sink)
                 await sessions.save_protocol(live)
             finally:
-                progress.finish()
+                progress.finish(replied=replied)
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await sessions.finish_request_log(live, key)
 
         sessions.spawn(live, run)
-        if cfg.json_response:
-            await progress.wait(first_message=False)  # notifications are dropped in JSON mode
-            await sessions.store.drop_log(key)
-            return _json_reply(progress)
         with trio.move_on_after(JSON_WAIT_S):
             await progress.wait(first_message=True)
         if progress.done and progress.messages == 1:
             await sessions.store.drop_log(key)  # answered in full; nothing to resume
-            return _json_reply(progress)
+            return json_reply(progress)
         priming = mcp.version_at_least(protocol.protocol_version, "2025-11-25")
         return self._sse_reply(live, key, priming=priming)
+
+    @staticmethod
+    async def _handle_request(protocol: McpSession, message: Request, sink: MessageSink) -> bool:
+        """Run a handshake-era request; True once its response went to ``sink`` (always, unless
+        it failed: a cancelled request is answered REQUEST_CANCELLED)."""
+        outcome = await protocol.handle(message, sink)
+        if not outcome.responded:
+            await sink(encode_error(message.id, REQUEST_CANCELLED, "request cancelled"))
+        return True
 
     def _sse_reply(
         self, live: LiveSession, key: LogKey, *, priming: bool, after: int = 0
     ) -> StreamingResponse:
-        head = f"retry: {self.config.retry_ms}\n\n".encode()
+        head = encode_retry(self.config.retry_ms)
         if priming and after == 0:
             # 2025-11-25: an id with empty data, so a client can resume even before the first
             # real message.
-            head += f"id: {key.stream}-0\ndata: \n\n".encode()
+            head += encode_data("", event_id=f"{key.stream}-0")
 
         async def body(out: BodyStream) -> None:
             await self.sessions.stream_request_log(live, key, out, after=after, head=head)
@@ -299,11 +281,13 @@ class StreamableTransport:
             progress.note(data)
 
         async def run() -> None:
+            replied = False
             try:
                 outcome = await protocol.handle(message, sink)
                 progress.error_code = outcome.error_code
+                replied = outcome.responded
             finally:
-                progress.finish()
+                progress.finish(replied=replied)
                 local.close()
                 shared.users -= 1
                 if shared.users == 0:
@@ -314,7 +298,7 @@ class StreamableTransport:
         with trio.move_on_after(JSON_WAIT_S):
             await progress.wait(first_message=True)
         if progress.done and progress.messages <= 1:
-            reply = _json_reply(progress)
+            reply = json_reply(progress)
             if reply.status == 200:
                 reply.status = mcp_http.modern_http_status(progress.error_code)
             return reply
@@ -323,7 +307,7 @@ class StreamableTransport:
         async def body(out: BodyStream) -> None:
             stream = LogStream(local, out, pinger, control=control_comment, ends_with_log=True)
             local.reader = stream
-            await stream.run(0, head=f"retry: {self.config.retry_ms}\n\n".encode())
+            await stream.run(0, head=encode_retry(self.config.retry_ms))
 
         return StreamingResponse(200, list(SSE_HEADERS), body)
 
@@ -411,12 +395,6 @@ def _routing_headers(request: HttpRequest) -> dict[str, str]:
         if values:
             headers[name] = values[0]
     return headers
-
-
-def _json_reply(progress: RequestRun) -> Response:
-    if progress.reply is None:
-        return Response(204, [], b"")  # cancelled: the client asked for no reply
-    return Response(200, list(JSON_HEADERS), progress.reply)
 
 
 async def _discard(data: bytes) -> None:
