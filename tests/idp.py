@@ -7,8 +7,8 @@ or "close"), ``delay_s``, a custom ``cache_control``, a lying ``metadata_issuer`
 limits them to some paths. ``hits`` counts requests per path, counted on arrival (before any fault),
 so a test can prove how often the verifier asked.
 
-One response per connection (``Connection: close``) keeps the server small; the verifier opens
-a fresh connection per fetch anyway.
+It is served by ``CannedServer`` (tests/helpers.py): one response per connection (``Connection:
+close``) keeps it small; the verifier opens a fresh connection per fetch anyway.
 
     idp = await start_idp(nursery, keys=[rsa_key("k1")])
     token = idp.mint(sub="alice")
@@ -24,12 +24,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import h11
 import trio
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, RSAKey
 
-AUDIENCE = "https://mcp.example.test/mcp"
+from tests.helpers import AUDIENCE, Canned, CannedServer, Recorded
+
+__all__ = ["AUDIENCE", "IdP", "b64url", "ec_key", "forge", "rsa_key", "start_idp"]
 
 
 @functools.cache
@@ -66,13 +67,20 @@ class IdP:
     delay_s: float = 0.0  # wait before answering
     faulty_paths: set[str] | None = None  # where down/delay apply; None: everywhere
     hits: Counter[str] = field(default_factory=Counter)
-    port: int = 0
+    http: CannedServer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.http = CannedServer(answer=self.answer)
 
     # -- addresses ---------------------------------------------------------------------------
 
     @property
+    def port(self) -> int:
+        return self.http.port
+
+    @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.http.url
 
     @property
     def issuer(self) -> str:
@@ -159,51 +167,21 @@ class IdP:
 
     # -- server ------------------------------------------------------------------------------
 
+    def answer(self, request: Recorded) -> Canned:
+        """Count the request, then apply the faults set for its path, or route it."""
+        path = request.path
+        self.hits[path] += 1
+        faulty = self.faulty_paths is None or path in self.faulty_paths
+        delay_s = self.delay_s if faulty else 0.0
+        if faulty and self.down == "close":
+            return Canned(delay_s=delay_s, hang_up=True)
+        if faulty and self.down == "503":
+            return Canned(503, (("Content-Type", "text/plain"),), b"down", delay_s=delay_s)
+        status, headers, body = self.route(path)
+        return Canned(status, tuple(headers), body, delay_s=delay_s)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            request = await _next_request(conn, stream)
-            if request is None:
-                return
-            path = request.target.decode().split("?")[0]
-            self.hits[path] += 1
-            faulty = self.faulty_paths is None or path in self.faulty_paths
-            if faulty and self.delay_s:
-                await trio.sleep(self.delay_s)
-            if faulty and self.down == "close":
-                return
-            if faulty and self.down == "503":
-                status, headers, body = 503, [("Content-Type", "text/plain")], b"down"
-            else:
-                status, headers, body = self.route(path)
-            headers = [*headers, ("Content-Length", str(len(body))), ("Connection", "close")]
-            await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
-            await stream.send_all(conn.send(h11.Data(data=body)))
-            await stream.send_all(conn.send(h11.EndOfMessage()))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            pass  # the verifier gave up (a timeout test) and hung up
-        finally:
-            await stream.aclose()
-
-
-async def _next_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
-    request = None
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(65536))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.EndOfMessage):
-            return request
-        elif isinstance(event, h11.ConnectionClosed):
-            return None
+        await self.http.run(task_status=task_status)
 
 
 async def start_idp(nursery: trio.Nursery, **options: Any) -> IdP:

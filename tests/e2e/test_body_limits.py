@@ -12,7 +12,7 @@ import json
 import pytest
 import trio
 
-from ..conftest import TOKEN, raw_exchange, start_server
+from tests.helpers import TOKEN, raw_exchange, start_server
 
 LIMIT = 1000
 HEAD = (

@@ -14,7 +14,7 @@ from collections import Counter
 import httpx
 import trio
 
-from ..conftest import AUTH, SSEReader, start_server
+from tests.helpers import AUTH, SSEReader, start_server
 
 MiB = 1024 * 1024
 SESSION = "dedup"

@@ -9,8 +9,7 @@ import pytest
 import trio
 
 from datapulse import Server
-
-from ..conftest import AUTH, SSEReader, start_server
+from tests.helpers import AUTH, SSEReader, start_server
 
 TIMEOUT = 15
 

@@ -19,9 +19,10 @@ from datapulse import Server
 from datapulse.auth.tickets import TicketBook, redact
 from datapulse.auth.verifier import Principal
 from datapulse.errors import TooManyRequests, Unauthorized
+from tests.helpers import AUTH, TOKEN, SSEReader, client_for, raw_exchange, start_server
 
-from .conftest import AUTH, TOKEN, SSEReader, raw_exchange, start_server
-from .test_auth_server import TIMEOUT, client_for
+TIMEOUT = 10
+
 
 ALICE = Principal(id="jwt:alice", subject="alice", scopes=frozenset({"mcp:tools"}))
 BOB = Principal(id="jwt:bob", subject="bob")

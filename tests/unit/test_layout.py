@@ -16,7 +16,7 @@ import pytest
 
 from datapulse.config import settings
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 PACKAGE = ROOT / "datapulse"
 FORBIDDEN = {"trio", "h11", "httpx", "socket", "trio_websocket", "anyio", "asyncio"}
 

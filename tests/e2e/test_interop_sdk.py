@@ -18,9 +18,7 @@ stream started with raw httpx is picked up by the SDK from its resumption token.
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,23 +35,10 @@ from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ClientMessageMetadata
 
-from datapulse import Server
-from tests.conftest import AUTH, SSEReader, start_server
-from tests.mcp_tools import Probe, add_test_tools
+from tests.helpers import AUTH, Env, SSEReader, bound_tests
 
 TEST_TIMEOUT_S = 15
-RETRY_MS = 100
-
-
-def bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Run ``test`` under ``trio.fail_after(TEST_TIMEOUT_S)`` (applied to every test below)."""
-
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> None:
-        with trio.fail_after(TEST_TIMEOUT_S):
-            await test(*args, **kwargs)
-
-    return run
+RETRY_MS = 100  # what the ``env`` fixture (helpers.make_env) configures
 
 
 @dataclass(frozen=True)
@@ -76,21 +61,6 @@ WIRES = [
     Wire("sse", "2024-11-05"),
     Wire("sse", "2025-11-25"),
 ]
-
-
-@dataclass
-class Env:
-    server: Server
-    url: str
-    probe: Probe
-
-
-@pytest.fixture
-async def env(nursery: trio.Nursery) -> Env:
-    server, info = await start_server(nursery, retry_ms=RETRY_MS)
-    probe = Probe()
-    add_test_tools(server.registry, probe)
-    return Env(server, info.url, probe)
 
 
 def sdk_http(
@@ -343,6 +313,4 @@ async def test_sdk_picks_up_a_stream_from_its_resumption_token(
 
 
 # Every test runs under a deadline (the SDK's own timeouts are longer).
-for _name, _test in list(globals().items()):
-    if _name.startswith("test_") and inspect.iscoroutinefunction(_test):
-        globals()[_name] = bounded(_test)
+bound_tests(globals(), TEST_TIMEOUT_S)

@@ -11,89 +11,30 @@ notice a client that left.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import httpx
 import pytest
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+from wsproto.events import CloseConnection
 
 from datapulse import Server
-
-from .conftest import AUTH, TOKEN, start_server
-from .test_backpressure import (
-    Probe,
+from tests.helpers import (
+    AUTH,
+    CountedTools,
     RawClient,
-    add_probe_tools,
+    RawWebSocket,
+    add_counted_tools,
     mcp_session,
     modern_call,
-    notification,
+    note,
     open_events_stream,
     rpc,
+    start_server,
     wait_for,
+    wire,
 )
 
 QUIET = {"ping_interval_s": 30.0}
-
-
-# -- a raw WebSocket client (so that it can also vanish without a close frame) ---------------------
-
-
-class RawWebSocket:
-    def __init__(self, client: RawClient) -> None:
-        self.client = client
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        self.messages: list[dict[str, Any]] = []
-        self._text = ""
-
-    @classmethod
-    async def connect(cls, port: int) -> RawWebSocket:
-        self = cls(await RawClient.connect(port))
-        request = Request(
-            host="localhost",
-            target="/ws",
-            subprotocols=["mcp"],
-            extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
-        )
-        await self.client.stream.send_all(self.ws.send(request))
-        with trio.fail_after(5):
-            while not await self._pump(AcceptConnection):
-                pass
-        return self
-
-    async def _pump(self, wanted: type) -> bool:
-        data = await self.client.stream.receive_some(65536)
-        self.ws.receive_data(data or None)
-        found = False
-        for event in self.ws.events():
-            if isinstance(event, wanted):
-                found = True
-            if isinstance(event, TextMessage):
-                self._text += event.data
-                if event.message_finished:
-                    self.messages.append(json.loads(self._text))
-                    self._text = ""
-            if isinstance(event, CloseConnection):
-                found = True
-        if not data:
-            raise EOFError
-        return found
-
-    async def send(self, body: bytes) -> None:
-        await self.client.stream.send_all(self.ws.send(TextMessage(data=body.decode())))
-
-    async def next_message(self, timeout: float = 5) -> dict[str, Any]:
-        with trio.fail_after(timeout):
-            while not self.messages:
-                await self._pump(TextMessage)
-        return self.messages.pop(0)
-
-    async def initialize(self) -> None:
-        params = {"protocolVersion": "2025-06-18", "capabilities": {}}
-        await self.send(rpc("initialize", params, id=0))
-        assert "result" in await self.next_message()
-        await self.send(notification("notifications/initialized"))
 
 
 # -- 2026-07-28: the request runs in the connection's nursery -------------------------------------
@@ -105,7 +46,7 @@ async def test_dropping_a_modern_post_cancels_its_call(
     nursery: trio.Nursery, moment: str, how: str
 ) -> None:
     server, info = await start_server(nursery, **QUIET)
-    probe = add_probe_tools(server)
+    probe = add_counted_tools(server)
     with trio.fail_after(10):
         client = await RawClient.connect(info.port)
         headers, body = modern_call("hang")
@@ -127,12 +68,12 @@ async def test_dropping_a_modern_post_cancels_its_call(
 @pytest.mark.parametrize("how", ["close_frame", "reset"])
 async def test_dropping_a_websocket_cancels_its_calls(nursery: trio.Nursery, how: str) -> None:
     server, info = await start_server(nursery, **QUIET)
-    probe = add_probe_tools(server)
+    probe = add_counted_tools(server)
     with trio.fail_after(10):
         ws = await RawWebSocket.connect(info.port)
         await ws.initialize()
         for i in (1, 2):
-            await ws.send(rpc("tools/call", {"name": "hang", "arguments": {}}, id=i))
+            await ws.send(wire(rpc("tools/call", {"name": "hang", "arguments": {}}, id=i)))
         await probe.until(lambda p: p.started == 2)
         if how == "close_frame":
             await ws.client.stream.send_all(ws.ws.send(CloseConnection(code=1000)))
@@ -150,12 +91,12 @@ async def test_dropping_a_handshake_post_keeps_the_call_and_its_result_is_resuma
     nursery: trio.Nursery,
 ) -> None:
     server, info = await start_server(nursery, **QUIET)
-    probe = add_probe_tools(server)
+    probe = add_counted_tools(server)
     async with httpx.AsyncClient(base_url=info.url, headers=AUTH, timeout=10) as http:
         headers = await mcp_session(http)  # 2025-11-25: POST streams start with a priming id
         with trio.fail_after(10):
             client = await RawClient.connect(info.port)
-            body = rpc("tools/call", {"name": "gated", "arguments": {}}, id=41)
+            body = wire(rpc("tools/call", {"name": "gated", "arguments": {}}, id=41))
             await client.send("POST", "/mcp", list(headers.items()), body)
             await client.read_until(lambda c: any(e.id for e in c.events))
             primed = next(e.id for e in client.events if e.id)
@@ -180,15 +121,15 @@ async def test_notifications_cancelled_over_http_stops_the_call_and_no_result_is
     nursery: trio.Nursery,
 ) -> None:
     server, info = await start_server(nursery, **QUIET)
-    probe = add_probe_tools(server)
+    probe = add_counted_tools(server)
     async with httpx.AsyncClient(base_url=info.url, headers=AUTH, timeout=10) as http:
         headers = await mcp_session(http)
         with trio.fail_after(10):
             client = await RawClient.connect(info.port)
-            body = rpc("tools/call", {"name": "hang", "arguments": {}}, id=5)
+            body = wire(rpc("tools/call", {"name": "hang", "arguments": {}}, id=5))
             await client.send("POST", "/mcp", list(headers.items()), body)
             await probe.until(lambda p: p.started == 1)
-            cancel = notification("notifications/cancelled", {"requestId": 5, "reason": "user"})
+            cancel = wire(note("notifications/cancelled", {"requestId": 5, "reason": "user"}))
             assert (await http.post("/mcp", headers=headers, content=cancel)).status_code == 202
             await probe.until(lambda p: p.cleaned == 1)
             await client.read_to_end()  # the POST's stream ends...
@@ -201,7 +142,7 @@ async def test_original_api_call_is_cancelled_when_its_session_is_deleted_by_exp
     nursery: trio.Nursery,
 ) -> None:
     server, info = await start_server(nursery, session_ttl_s=0.3, sweep_interval_s=0.1, **QUIET)
-    probe = add_probe_tools(server)
+    probe = add_counted_tools(server)
     async with httpx.AsyncClient(base_url=info.url, headers=AUTH, timeout=10) as http:
         with trio.fail_after(10):
             stream = await open_events_stream(info.port, "exp")
@@ -209,8 +150,10 @@ async def test_original_api_call_is_cancelled_when_its_session_is_deleted_by_exp
             message = {"type": "call_tool", "request_id": "r", "data": {"name": "hang"}}
             assert (await http.post("/message?session_id=exp", json=message)).status_code == 202
             await probe.until(lambda p: p.started == 1)
+            live = server.sessions.lookup("exp")
+            assert live is not None
             await stream.aclose()  # the stream goes; the call outlives it, not the session
-            await trio.sleep(0.1)
+            await wait_for(lambda: live.stream is None, 3, "the server to notice the stream left")
             assert probe.cleaned == 0
             await probe.until(lambda p: p.cleaned == 1, timeout=3)
     assert len(server.sessions) == 0
@@ -222,13 +165,13 @@ async def test_original_api_call_is_cancelled_when_its_session_is_deleted_by_exp
 async def test_shutdown_cancels_every_kind_of_call_within_the_grace_period() -> None:
     grace = 0.5
     server: Server | None = None
-    probe: Probe | None = None
+    probe: CountedTools | None = None
     clients: list[RawClient] = []
     with trio.fail_after(15):
         async with trio.open_nursery() as outer:
             async with trio.open_nursery() as serving:
                 server, info = await start_server(serving, shutdown_grace_s=grace, **QUIET)
-                probe = add_probe_tools(server)
+                probe = add_counted_tools(server)
                 # 1: a 2026-07-28 call on its own connection
                 modern = await RawClient.connect(info.port)
                 headers, body = modern_call("hang")
@@ -242,12 +185,12 @@ async def test_shutdown_cancels_every_kind_of_call_within_the_grace_period() -> 
                     await events.read_until(lambda c: c.response is not None)
                     await http.post("/message?session_id=shut", json=message)
                 handshake = await RawClient.connect(info.port)
-                body = rpc("tools/call", {"name": "hang", "arguments": {}}, id=3)
+                body = wire(rpc("tools/call", {"name": "hang", "arguments": {}}, id=3))
                 await handshake.send("POST", "/mcp", list(session_headers.items()), body)
                 # 4: a WebSocket call
                 ws = await RawWebSocket.connect(info.port)
                 await ws.initialize()
-                await ws.send(rpc("tools/call", {"name": "hang", "arguments": {}}, id=4))
+                await ws.send(wire(rpc("tools/call", {"name": "hang", "arguments": {}}, id=4)))
                 # 5: an idle stream of another session
                 idle = await open_events_stream(info.port, "idle")
                 await idle.read_until(lambda c: c.response is not None)

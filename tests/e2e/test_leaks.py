@@ -20,22 +20,22 @@ import psutil
 import trio
 
 from datapulse import Server
-
-from .conftest import start_server
-from .test_backpressure import (
+from tests.helpers import (
     AUTH_HEADER,
-    Probe,
+    CountedTools,
     RawClient,
-    add_probe_tools,
+    RawWebSocket,
+    add_counted_tools,
     handshake_headers,
     modern_call,
-    notification,
+    note,
     open_events_stream,
     raise_fd_limit,
     rpc,
+    start_server,
     wait_for,
+    wire,
 )
-from .test_cancellation import RawWebSocket
 
 CONNECTIONS = 5000
 BATCH = 250
@@ -45,7 +45,7 @@ PAUSE_S = 0.05
 @dataclass
 class Target:
     port: int
-    probe: Probe
+    probe: CountedTools
 
     async def started(self, n: int) -> None:
         """Until the call tagged ``n`` runs: the drop that follows is truly mid-call."""
@@ -78,10 +78,10 @@ class Leaks:
             "connections": len(server.http.connections),
             "per_address": sum(server.http.per_address.values()),
             "sessions": len(server.sessions),
-            "store_sessions": len(server.store._records),  # type: ignore[attr-defined]
+            "store_sessions": len(server.store),  # type: ignore[arg-type]
             "attachments": sum(s.stream is not None for s in live),
             "session_tasks": sum(s.running for s in live),
-            "owned": sum(server.sessions._owned.values()),  # per-principal session counts
+            "owned": server.sessions.owned_total,  # per-principal session counts
         }
 
 
@@ -122,11 +122,13 @@ async def legacy_stream_with_call(target: Target, n: int) -> int:
     assert endpoint is not None
     poster = await RawClient.connect(port)
     headers = [AUTH_HEADER, ("Content-Type", "application/json")]
-    initialize = rpc("initialize", {"protocolVersion": "2024-11-05", "capabilities": {}}, id=0)
+    initialize = wire(
+        rpc("initialize", {"protocolVersion": "2024-11-05", "capabilities": {}}, id=0)
+    )
     for body in (
         initialize,
-        notification("notifications/initialized"),
-        rpc("tools/call", {"name": "hang", "arguments": {"tag": str(n)}}, id=n),
+        wire(note("notifications/initialized")),
+        wire(rpc("tools/call", {"name": "hang", "arguments": {"tag": str(n)}}, id=n)),
     ):
         assert (await poster.exchange("POST", endpoint, headers, body)).status_code == 202
     await drop(poster, n)
@@ -168,7 +170,7 @@ async def websocket_mid_call(target: Target, n: int) -> int:
     port = target.port
     ws = await RawWebSocket.connect(port)
     await ws.initialize()
-    await ws.send(rpc("tools/call", {"name": "hang", "arguments": {"tag": str(n)}}, id=n))
+    await ws.send(wire(rpc("tools/call", {"name": "hang", "arguments": {"tag": str(n)}}, id=n)))
     await target.started(n)
     await drop(ws.client, n)
     return 1
@@ -178,7 +180,9 @@ async def handshake_mid_call(target: Target, n: int) -> int:
     port = target.port
     client = await RawClient.connect(port)
     params = {"protocolVersion": "2025-06-18", "capabilities": {}}
-    await client.send("POST", "/mcp", list(handshake_headers().items()), rpc("initialize", params))
+    await client.send(
+        "POST", "/mcp", list(handshake_headers().items()), wire(rpc("initialize", params))
+    )
     await client.read_to_end()
     assert client.response is not None
     session_id = dict(client.response.headers)[b"mcp-session-id"].decode()
@@ -188,7 +192,7 @@ async def handshake_mid_call(target: Target, n: int) -> int:
         "POST",
         "/mcp",
         headers,
-        rpc("tools/call", {"name": "hang", "arguments": {"tag": str(n)}}, id=n),
+        wire(rpc("tools/call", {"name": "hang", "arguments": {"tag": str(n)}}, id=n)),
     )
     await target.started(n)
     await drop(client, n)
@@ -238,7 +242,7 @@ async def test_five_thousand_dropped_connections_leave_nothing_behind(
         max_connections_per_ip=2 * BATCH * 3,
         max_sessions_per_principal=CONNECTIONS,
     )
-    probe = add_probe_tools(server)
+    probe = add_counted_tools(server)
     target = Target(info.port, probe)
     leaks = Leaks(server)
     settled = leaks.snapshot

@@ -28,9 +28,7 @@ from datapulse import Server
 from datapulse.net.http import Request, Response, StreamingResponse, Upgrade
 from datapulse.store import LogKey
 from datapulse.tools.registry import ToolContext
-
-from .conftest import AUTH, TOKEN, make_config
-from .httpserver import Canned, CannedServer
+from tests.helpers import AUTH, TOKEN, Canned, CannedServer, make_config
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

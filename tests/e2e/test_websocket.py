@@ -7,11 +7,8 @@ the upgrade request must have that frame read (h11 had already buffered it).
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,40 +18,10 @@ import trio_websocket
 import wsproto
 import wsproto.events
 
-from datapulse import Server
-from tests.conftest import AUTH, start_server
-from tests.mcp_tools import Probe, add_test_tools
+from tests.helpers import AUTH, Env, RawWebSocket, bound_tests, make_env, rpc, wire
 
 TEST_TIMEOUT_S = 10
 AUTH_HEADER = [(b"authorization", AUTH["Authorization"].encode())]
-
-
-def bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Run ``test`` under ``trio.fail_after(TEST_TIMEOUT_S)`` (applied to every test below)."""
-
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> None:
-        with trio.fail_after(TEST_TIMEOUT_S):
-            await test(*args, **kwargs)
-
-    return run
-
-
-@dataclass
-class Env:
-    server: Server
-    port: int
-    probe: Probe
-
-
-@pytest.fixture
-async def env(nursery: trio.Nursery) -> Env:
-    server, info = await start_server(nursery)
-    probe = Probe()
-
-    add_test_tools(server.registry, probe)
-
-    return Env(server, info.port, probe)
 
 
 @asynccontextmanager
@@ -86,13 +53,6 @@ async def receive(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
     assert isinstance(message, str)  # replies are text frames too
     decoded: dict[str, Any] = orjson.loads(message)
     return decoded
-
-
-def rpc(method: str, params: dict[str, Any] | None = None, id: int | str = 1) -> dict[str, Any]:
-    body: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
-    if params is not None:
-        body["params"] = params
-    return body
 
 
 async def initialize(ws: trio_websocket.WebSocketConnection, version: str = "2025-11-25") -> None:
@@ -176,13 +136,13 @@ async def test_disconnect_cancels_an_in_flight_call(env: Env) -> None:
 
 
 async def test_abrupt_disconnect_cancels_an_in_flight_call(env: Env) -> None:
-    async with open_ws(env) as ws:
-        await initialize(ws)
-        await send(ws, rpc("tools/call", {"name": "sleeper", "arguments": {}}, id=5))
-        await env.probe.started.wait()
-        # No close handshake: the TCP connection just goes away.
-        await ws._stream.aclose()  # type: ignore[attr-defined]
-        await env.probe.cleaned.wait()
+    ws = await RawWebSocket.connect(env.port)  # raw: trio-websocket always says goodbye
+    await ws.initialize()
+    await ws.send(wire(rpc("tools/call", {"name": "sleeper", "arguments": {}}, id=5)))
+    await env.probe.started.wait()
+    # No close handshake: the TCP connection just goes away.
+    await ws.client.aclose()
+    await env.probe.cleaned.wait()
 
 
 @pytest.mark.parametrize(
@@ -248,8 +208,7 @@ async def test_binary_frame_cancels_in_flight_calls(env: Env) -> None:
 
 
 async def test_message_over_max_body_is_closed_with_1009(nursery: trio.Nursery) -> None:
-    server, info = await start_server(nursery, max_body_bytes=1000)
-    async with open_ws(Env(server, info.port, Probe())) as ws:
+    async with make_env(nursery, max_body_bytes=1000) as env, open_ws(env) as ws:
         await ws.send_message("x" * 5000)
         with pytest.raises(trio_websocket.ConnectionClosed) as closed:
             await ws.get_message()
@@ -325,6 +284,4 @@ async def test_upgrade_request_read_in_pieces_is_replayed_whole(env: Env) -> Non
 
 
 # Every test runs under a deadline (reads also have their own, shorter ones).
-for _name, _test in list(globals().items()):
-    if _name.startswith("test_") and inspect.iscoroutinefunction(_test):
-        globals()[_name] = bounded(_test)
+bound_tests(globals(), TEST_TIMEOUT_S)

@@ -20,14 +20,15 @@ from pathlib import Path
 
 import trio
 
-from .conftest import TOKEN, start_server
-from .fakes import FakeBody
-from .test_backpressure import (
+from tests.fakes import FakeBody
+from tests.helpers import (
     AUTH_HEADER,
+    TOKEN,
     RawClient,
-    add_probe_tools,
+    add_counted_tools,
     modern_call,
     open_events_stream,
+    start_server,
 )
 
 LAUNCHER = textwrap.dedent(
@@ -102,7 +103,7 @@ async def start_process(nursery: trio.Nursery, tmp_path: Path, grace: float) -> 
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER)
     # The same datapulse the tests import (the repository root first on the path).
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "LOCAL_BEARER_TOKEN": TOKEN, "PYTHONPATH": root}
     argv = [sys.executable, str(launcher), "--port", "0", "--shutdown-grace", str(grace)]
     argv += ["--ping-interval", "30"]
@@ -211,7 +212,7 @@ async def test_streams_with_calls_in_flight_close_after_their_results() -> None:
     with trio.fail_after(15):
         async with trio.open_nursery() as serving:
             server, info = await start_server(serving, shutdown_grace_s=5, ping_interval_s=30)
-            probe = add_probe_tools(server)
+            probe = add_counted_tools(server)
             busy = await open_events_stream(info.port, "busy")
             await busy.read_until(lambda c: c.response is not None)
             message = {

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import trio
 
-from .conftest import SSEReader
+from tests.helpers import SSEReader
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "embedded_app.py"
+EXAMPLE = Path(__file__).parents[2] / "examples" / "embedded_app.py"
 
 
 def load_example():  # type: ignore[no-untyped-def]
@@ -70,8 +70,7 @@ async def test_serve_stops_when_its_scope_is_cancelled() -> None:
 
 async def test_graceful_shutdown_tells_streams_and_returns(nursery: trio.Nursery) -> None:
     from datapulse import Server
-
-    from .conftest import AUTH, make_config
+    from tests.helpers import AUTH, make_config
 
     server = Server(make_config())
     done = trio.Event()

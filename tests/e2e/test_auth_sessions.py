@@ -8,16 +8,15 @@ exist, so session ids cannot be probed. ``/ws`` is left out: its session is its 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from typing import Any
 
 import pytest
 import trio
 
 from datapulse import Server
+from tests.helpers import AUTH, MCP_HEADERS, SSEReader, bearer, client_for, rpc
+from tests.idp import IdP
 
-from .conftest import AUTH, SSEReader
-from .idp import IdP, rsa_key, start_idp
-from .test_auth_server import MCP_HEADERS, TIMEOUT, bearer, client_for, start_auth_server
+TIMEOUT = 10
 
 PAIRS = ["alice-bob", "local-alice", "alice-local"]
 
@@ -26,28 +25,19 @@ def credentials(idp: IdP, name: str) -> dict[str, str]:
     return AUTH if name == "local" else bearer(idp.mint(sub=name, scope="mcp:tools"))
 
 
-@pytest.fixture
-async def env(nursery: trio.Nursery) -> tuple[Server, IdP]:
-    idp = await start_idp(nursery, keys=[rsa_key("rsa-1")])
-    server, _ = await start_auth_server(nursery, idp)
-    return server, idp
-
-
-def owners(env: tuple[Server, IdP], pair: str) -> tuple[Server, dict[str, str], dict[str, str]]:
-    server, idp = env
+def owners(
+    jwt_server: tuple[Server, IdP], pair: str
+) -> tuple[Server, dict[str, str], dict[str, str]]:
+    server, idp = jwt_server
     first, second = pair.split("-")
     return server, credentials(idp, first), credentials(idp, second)
 
 
-def rpc(method: str, id: int = 1, **params: Any) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": id, "method": method, "params": params}
-
-
 @pytest.mark.parametrize("pair", PAIRS)
 async def test_events_session_is_invisible_to_another_principal(
-    env: tuple[Server, IdP], pair: str
+    jwt_server: tuple[Server, IdP], pair: str
 ) -> None:
-    server, owner, other = owners(env, pair)
+    server, owner, other = owners(jwt_server, pair)
     call = {"type": "call_tool", "request_id": "r1", "data": {"name": "echo", "n": 1}}
     with trio.fail_after(TIMEOUT):
         async with client_for(server) as http, AsyncExitStack() as stack:
@@ -72,21 +62,21 @@ async def test_events_session_is_invisible_to_another_principal(
 
 @pytest.mark.parametrize("pair", PAIRS)
 async def test_mcp_session_is_invisible_to_another_principal(
-    env: tuple[Server, IdP], pair: str
+    jwt_server: tuple[Server, IdP], pair: str
 ) -> None:
-    server, owner, other = owners(env, pair)
-    init = rpc(
-        "initialize",
-        protocolVersion="2025-06-18",
-        capabilities={},
-        clientInfo={"name": "t", "version": "1"},
-    )
+    server, owner, other = owners(jwt_server, pair)
+    params = {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    }
+    init = rpc("initialize", params)
     with trio.fail_after(TIMEOUT):
         async with client_for(server) as http:
             opened = await http.post("/mcp", headers={**MCP_HEADERS, **owner}, json=init)
             session = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
             theirs = {**MCP_HEADERS, **other, **session}
-            listing = rpc("tools/list", 2)
+            listing = rpc("tools/list", {}, 2)
             assert (await http.post("/mcp", headers=theirs, json=listing)).status_code == 404
             assert (await http.get("/mcp", headers=theirs)).status_code == 404
             assert (await http.delete("/mcp", headers=theirs)).status_code == 404
@@ -97,16 +87,16 @@ async def test_mcp_session_is_invisible_to_another_principal(
 
 @pytest.mark.parametrize("pair", PAIRS)
 async def test_legacy_sse_session_is_invisible_to_another_principal(
-    env: tuple[Server, IdP], pair: str
+    jwt_server: tuple[Server, IdP], pair: str
 ) -> None:
-    server, owner, other = owners(env, pair)
+    server, owner, other = owners(jwt_server, pair)
     with trio.fail_after(TIMEOUT):
         async with client_for(server) as http, AsyncExitStack() as stack:
             stream = await stack.enter_async_context(http.stream("GET", "/sse", headers=owner))
             reader = SSEReader(stream)  # kept: dropping it would close the stream
             endpoint = (await reader.next_data()).data or ""
             assert endpoint.startswith("/messages?session_id=")
-            body = rpc("ping", 3)
+            body = rpc("ping", {}, 3)
             json_type = {"Content-Type": "application/json"}
             refused = await http.post(endpoint, headers={**other, **json_type}, json=body)
             assert refused.status_code == 404
@@ -115,10 +105,10 @@ async def test_legacy_sse_session_is_invisible_to_another_principal(
 
 
 async def test_two_subjects_are_two_principals_but_one_subject_is_one(
-    env: tuple[Server, IdP],
+    jwt_server: tuple[Server, IdP],
 ) -> None:
     """Two tokens of the same subject (say, before and after a refresh) share the session."""
-    server, idp = env
+    server, idp = jwt_server
     first, refreshed = (bearer(idp.mint(sub="dana", jti=j)) for j in ("a", "b"))
     call = {"type": "list_tools", "request_id": "l1"}
     with trio.fail_after(TIMEOUT):

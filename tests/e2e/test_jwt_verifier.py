@@ -34,8 +34,7 @@ from datapulse.auth.jwt import JwtSettings, JwtVerifier, principal_id
 from datapulse.config import Config
 from datapulse.core.tokens import InvalidToken, find_key
 from datapulse.errors import ServiceUnavailable, Unauthorized
-
-from .idp import AUDIENCE, IdP, b64url, ec_key, forge, rsa_key, start_idp
+from tests.idp import AUDIENCE, IdP, b64url, ec_key, forge, rsa_key, start_idp
 
 TIMEOUT = 10  # per network test; each should take well under a second
 
@@ -469,7 +468,7 @@ def test_static_key_must_be_a_public_key_pem() -> None:
     # A private key works, but only its public half is kept.
     private = rsa_key("rsa-1").as_pem(private=True).decode()
     verifier = JwtVerifier(JwtSettings(issuer="i", audience="a", static_pem_key=private))
-    assert verifier._static_key is not None and not verifier._static_key.is_private
+    assert verifier.static_key is not None and not verifier.static_key.is_private
 
 
 # -- settings ----------------------------------------------------------------------------------

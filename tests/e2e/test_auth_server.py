@@ -1,7 +1,8 @@
 """Authorization wired into the server: JWT at start-up, RFC 9728 metadata, challenges, scopes.
 
 Tokens come from the IdP stand-in (tests/idp.py) on 127.0.0.1; every network test runs under
-``trio.fail_after``. The helpers at the top are shared with the other ``test_auth_*`` modules.
+``trio.fail_after``. The server and client helpers are in tests/helpers.py, the ``idp`` and
+``jwt_server`` fixtures in tests/e2e/conftest.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,7 +19,7 @@ import orjson
 import pytest
 import trio
 
-from datapulse import Server, ServerInfo
+from datapulse import Server
 from datapulse.auth.prm import (
     InsufficientScope,
     advertised_scopes,
@@ -28,64 +28,23 @@ from datapulse.auth.prm import (
     with_resource_metadata,
 )
 from datapulse.auth.setup import AuthStartupError
-from datapulse.tools.registry import ToolContext
-
-from .conftest import AUTH, SSEReader, make_config
-from .idp import AUDIENCE, IdP, rsa_key, start_idp
+from tests.helpers import (
+    AUTH,
+    MCP_HEADERS,
+    SSEReader,
+    bearer,
+    client_for,
+    make_config,
+    start_auth_server,
+)
+from tests.idp import AUDIENCE, IdP, rsa_key, start_idp
 
 TIMEOUT = 10
 PRM = "/.well-known/oauth-protected-resource"
 JSON = {"Content-Type": "application/json"}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", **JSON}
 
 
 # -- shared helpers ------------------------------------------------------------------------------
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def secret_tool(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
-    return {"secret": 42}
-
-
-async def echo_tool(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
-    return {"n": arguments.get("n")}
-
-
-async def start_auth_server(
-    nursery: trio.Nursery, idp: IdP | None, **overrides: Any
-) -> tuple[Server, ServerInfo]:
-    """A server with JWT from ``idp`` (if given), the local TOKEN unless ``token=None``, and
-    test tools: ``secret`` (scope data:read), ``writer`` (data:write), ``echo`` (no scope)."""
-    if idp is not None:
-        overrides = {"jwt_issuer": idp.issuer, "jwt_audience": AUDIENCE, **overrides}
-    server = Server(make_config(**overrides))
-    server.tool("secret", scope="data:read")(secret_tool)
-    server.tool("writer", scope="data:write")(secret_tool)
-    server.tool("sync", scope="offline_access")(secret_tool)
-    server.tool("echo", input_schema={"type": "object", "properties": {"n": {"type": "integer"}}})(
-        echo_tool
-    )
-    info = await nursery.start(server.serve)
-    return server, info
-
-
-@pytest.fixture
-async def idp(nursery: trio.Nursery) -> IdP:
-    return await start_idp(nursery, keys=[rsa_key("rsa-1")])
-
-
-@pytest.fixture
-async def jwt_server(nursery: trio.Nursery, idp: IdP) -> AsyncIterator[tuple[Server, IdP]]:
-    server, _ = await start_auth_server(nursery, idp)
-    yield server, idp
-
-
-def client_for(server: Server, **kwargs: Any) -> httpx.AsyncClient:
-    assert server.info is not None
-    return httpx.AsyncClient(base_url=server.info.url, timeout=TIMEOUT, **kwargs)
 
 
 def challenge_params(header: str) -> dict[str, str]:

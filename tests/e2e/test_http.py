@@ -11,8 +11,7 @@ import trio
 from datapulse import Server
 from datapulse.errors import BadRequest
 from datapulse.net.http import Request, json_response
-
-from .conftest import AUTH, TOKEN, raw_exchange, start_server
+from tests.helpers import AUTH, TOKEN, raw_exchange, start_server, wait_for
 
 
 def status_of(raw: bytes) -> int:
@@ -195,22 +194,20 @@ async def test_idle_keep_alive_connection_is_closed(nursery: trio.Nursery) -> No
                     break  # closed by the server after the idle timeout
                 data += chunk
     assert status_of(data) == 200
-    with trio.fail_after(2):
-        while server.http.connections:
-            await trio.sleep(0.01)
+    await wait_for(lambda: not server.http.connections, 2, "the connection to be forgotten")
 
 
 async def test_over_connection_limit_503_with_retry_after(nursery: trio.Nursery) -> None:
-    _, info = await start_server(nursery, max_connections=2)
+    server, info = await start_server(nursery, max_connections=2)
     holders = [await trio.open_tcp_stream("127.0.0.1", info.port) for _ in range(2)]
-    await trio.sleep(0.1)
+    await wait_for(lambda: len(server.http.connections) == 2, 2, "both connections accepted")
     raw = await raw_exchange(info.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status_of(raw) == 503
     assert b"Retry-After: 1" in raw
     assert body_of(raw)["error"] == "too_many_connections"
     for h in holders:
         await h.aclose()
-    await trio.sleep(0.1)
+    await wait_for(lambda: not server.http.connections, 2, "the holders to be forgotten")
     async with httpx.AsyncClient(base_url=info.url) as c:
         assert (await c.get("/healthz")).status_code == 200
 

@@ -29,14 +29,13 @@ import pytest
 import trio
 
 from datapulse.tools.registry import ToolContext
-
-from .conftest import start_server
-from .test_backpressure import (
+from tests.helpers import (
     AUTH_HEADER,
     RawClient,
     open_events_stream,
     raise_fd_limit,
     rss,
+    start_server,
     wait_for,
 )
 

@@ -25,8 +25,7 @@ import trio
 
 from datapulse.errors import ToolError
 from datapulse.tools.fetch import FetchPolicy, fetch_url, system_resolve
-
-from .httpserver import Canned, CannedServer, RawRecorder
+from tests.helpers import Canned, CannedServer, RawRecorder
 
 PUBLIC_IP = "93.184.216.34"
 BODY = "".join(f"{i:04d}|" for i in range(200))  # 1000 ASCII chars, each prefix distinct

@@ -25,19 +25,22 @@ from datapulse import Config, Server
 from datapulse.auth.verifier import Principal, bearer_token
 from datapulse.config import settings
 from datapulse.errors import Unauthorized
-
-from .conftest import AUTH, make_config, raw_exchange, start_server
-from .test_backpressure import (
+from tests.helpers import (
+    AUTH,
     RawClient,
-    add_probe_tools,
+    add_counted_tools,
     handshake_headers,
+    make_config,
     mcp_session,
     modern_call,
+    raw_exchange,
     rpc,
+    start_server,
     wait_for,
+    wire,
 )
 
-DOCS = Path(__file__).parent.parent / "docs" / "limits.md"
+DOCS = Path(__file__).parents[2] / "docs" / "limits.md"
 LIMIT_FIELDS = [
     "max_connections",
     "max_connections_per_ip",
@@ -142,7 +145,7 @@ async def test_sessions_in_all_over_the_limit_get_503(nursery: trio.Nursery) -> 
         await mcp_session(http)
         params = {"protocolVersion": "2025-11-25", "capabilities": {}}
         refused = await http.post(
-            "/mcp", headers=handshake_headers(), content=rpc("initialize", params)
+            "/mcp", headers=handshake_headers(), content=wire(rpc("initialize", params))
         )
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "5"
@@ -152,7 +155,7 @@ async def test_sessions_in_all_over_the_limit_get_503(nursery: trio.Nursery) -> 
 async def test_sessions_per_principal_over_the_limit_get_429(nursery: trio.Nursery) -> None:
     server = Server(make_config(max_sessions_per_principal=2), verifier=TwoPrincipals())
     info = await nursery.start(server.serve)
-    init = rpc("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+    init = wire(rpc("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}}))
     async with httpx.AsyncClient(base_url=info.url, timeout=5) as http:
 
         async def initialize(who: str) -> httpx.Response:
@@ -201,7 +204,7 @@ async def test_json_nesting_deeper_than_the_setting_is_invalid_request(
     params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": nested(extra)}
     async with httpx.AsyncClient(base_url=info.url, headers=AUTH, timeout=5) as http:
         response = await http.post(
-            "/mcp", headers=handshake_headers(), content=rpc("initialize", params)
+            "/mcp", headers=handshake_headers(), content=wire(rpc("initialize", params))
         )
     assert response.status_code == status
     if status == 400:
@@ -211,7 +214,7 @@ async def test_json_nesting_deeper_than_the_setting_is_invalid_request(
 
 
 def pings(count: int) -> bytes:
-    return b"[" + b",".join(rpc("ping", id=i) for i in range(count)) + b"]"
+    return b"[" + b",".join(wire(rpc("ping", id=i)) for i in range(count)) + b"]"
 
 
 async def test_batch_larger_than_the_setting_is_refused_whole(nursery: trio.Nursery) -> None:
@@ -240,7 +243,7 @@ async def test_batch_limit_also_holds_on_the_websocket(nursery: trio.Nursery) ->
         async with trio_websocket.open_websocket_url(
             url, subprotocols=["mcp"], extra_headers=[("Authorization", AUTH["Authorization"])]
         ) as ws:
-            await ws.send_message(rpc("initialize", params).decode())
+            await ws.send_message(wire(rpc("initialize", params)).decode())
             assert "result" in json.loads(await ws.get_message())
             await ws.send_message(pings(4).decode())
             reply = json.loads(await ws.get_message())
@@ -253,13 +256,13 @@ async def test_batch_limit_also_holds_on_the_websocket(nursery: trio.Nursery) ->
 
 async def test_concurrent_calls_per_session_over_the_limit_get_32000(nursery: trio.Nursery) -> None:
     server, info = await start_server(nursery, max_calls_per_session=2)
-    probe = add_probe_tools(server)
+    probe = add_counted_tools(server)
     async with httpx.AsyncClient(base_url=info.url, headers=AUTH, timeout=10) as http:
         headers = await mcp_session(http)
         answers: list[httpx.Response] = []
 
         async def call(id: int) -> None:
-            body = rpc("tools/call", {"name": "gated", "arguments": {}}, id)
+            body = wire(rpc("tools/call", {"name": "gated", "arguments": {}}, id))
             answers.append(await http.post("/mcp", headers=headers, content=body))
 
         with trio.fail_after(10):
@@ -270,7 +273,7 @@ async def test_concurrent_calls_per_session_over_the_limit_get_32000(nursery: tr
                 third = await http.post(
                     "/mcp",
                     headers=headers,
-                    content=rpc("tools/call", {"name": "gated", "arguments": {}}, 3),
+                    content=wire(rpc("tools/call", {"name": "gated", "arguments": {}}, 3)),
                 )
                 probe.gate.set()
     assert third.json() == {
@@ -284,7 +287,7 @@ async def test_concurrent_calls_per_session_over_the_limit_get_32000(nursery: tr
 
 async def test_concurrent_modern_calls_over_the_limit_get_429(nursery: trio.Nursery) -> None:
     server, info = await start_server(nursery, max_calls_per_session=1)
-    probe = add_probe_tools(server)
+    probe = add_counted_tools(server)
     with trio.fail_after(10):
         holder = await RawClient.connect(info.port)
         headers, body = modern_call("gated", id=1)
@@ -305,11 +308,11 @@ async def test_concurrent_modern_calls_over_the_limit_get_429(nursery: trio.Nurs
 
 async def test_call_time_over_the_setting_is_an_error_result(nursery: trio.Nursery) -> None:
     server, info = await start_server(nursery, call_timeout_s=0.3)
-    probe = add_probe_tools(server)
+    probe = add_counted_tools(server)
     async with httpx.AsyncClient(base_url=info.url, headers=AUTH, timeout=10) as http:
         headers = await mcp_session(http)
         with trio.fail_after(10):
-            body = rpc("tools/call", {"name": "hang", "arguments": {}}, 7)
+            body = wire(rpc("tools/call", {"name": "hang", "arguments": {}}, 7))
             response = await http.post("/mcp", headers=headers, content=body)
     replies = [
         json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")

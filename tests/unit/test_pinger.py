@@ -66,7 +66,7 @@ async def test_many_writes_within_an_eighth_interval_add_no_heap_entries(
     for _ in range(1000):
         await trio.sleep(0.0001)
         pinger.touch(stream)
-    assert len(pinger._heap) == 1
+    assert pinger.scheduled == 1
 
 
 async def test_cadence_is_kept_when_pings_are_handled_late(

@@ -35,8 +35,7 @@ from hypothesis import strategies as st
 
 from datapulse import Server, ServerInfo
 from datapulse.tools.registry import ToolContext
-
-from .conftest import TOKEN, make_config
+from tests.helpers import TOKEN, make_config
 
 READ_TIMEOUT_S = 0.2  # the server's read and keep-alive timeouts: short, so examples are fast
 DEADLINE_S = 5.0  # "never hangs": the server must answer or close within this

@@ -12,8 +12,7 @@ import trio
 from datapulse import Server, ToolContext
 from datapulse.auth.verifier import Principal
 from datapulse.errors import Unauthorized
-
-from .conftest import AUTH, SSEReader, start_server
+from tests.helpers import AUTH, SSEReader, start_server, wait_for
 
 
 async def post(client: httpx.AsyncClient, session: str, body: Any) -> httpx.Response:
@@ -129,11 +128,13 @@ async def test_auth_required_everywhere_but_health(server: Server) -> None:
 
 
 async def test_results_queued_before_the_stream_opens_are_delivered(
-    client: httpx.AsyncClient,
+    server: Server, client: httpx.AsyncClient
 ) -> None:
     async with client.stream("GET", "/events?session_id=q"):
         pass  # creates the session, then leaves
-    await trio.sleep(0.05)
+    live = server.sessions.lookup("q")
+    assert live is not None
+    await wait_for(lambda: live.stream is None, 2, "the server to notice the stream left")
     for i in range(3):
         assert (
             await post(
@@ -142,7 +143,7 @@ async def test_results_queued_before_the_stream_opens_are_delivered(
                 {"type": "call_tool", "request_id": f"r{i}", "data": {"name": "get_time"}},
             )
         ).status_code == 202
-    await trio.sleep(0.1)
+    await wait_for(lambda: live.running == 0, 2, "the three calls to finish")
     async with client.stream("GET", "/events?session_id=q") as response:
         reader = SSEReader(response)
         ids = [json.loads((await reader.next_data()).data or "")["request_id"] for _ in range(3)]
@@ -158,7 +159,9 @@ async def test_last_event_id_replays_missed_events_in_order_without_duplicates(
             await server.publish("r", {"n": i})
         seen = [await reader.next_data() for _ in range(3)]
     assert [e.id for e in seen] == ["1", "2", "3"]
-    await trio.sleep(0.05)
+    live = server.sessions.lookup("r")
+    assert live is not None
+    await wait_for(lambda: live.stream is None, 2, "the server to notice the stream left")
     for i in range(3, 6):
         await server.publish("r", {"n": i})
     headers = {"Last-Event-ID": "2"}
@@ -177,7 +180,9 @@ async def test_replay_gone_is_a_clear_error_event(nursery: trio.Nursery) -> None
     async with httpx.AsyncClient(base_url=info.url, headers=AUTH) as client:
         async with client.stream("GET", "/events?session_id=g"):
             pass
-        await trio.sleep(0.05)
+        live = server.sessions.lookup("g")
+        assert live is not None
+        await wait_for(lambda: live.stream is None, 2, "the server to notice the stream left")
         for i in range(10):
             await server.publish("g", {"n": i})
         async with client.stream(
@@ -230,9 +235,9 @@ async def test_disconnect_while_idle_is_noticed_and_tasks_end(
         live = server.sessions.lookup("d")
         assert live.stream is not None
     # The client is gone; the idle stream (ping interval 5 s) must notice via EOF, not a write.
-    with trio.fail_after(2):
-        while live.stream is not None or server.http.connections:
-            await trio.sleep(0.01)
+    await wait_for(
+        lambda: live.stream is None and not server.http.connections, 2, "the stream to notice EOF"
+    )
 
 
 async def test_sessions_are_bound_to_their_principal(nursery: trio.Nursery) -> None:
@@ -243,7 +248,7 @@ async def test_sessions_are_bound_to_their_principal(nursery: trio.Nursery) -> N
                 return Principal(id=token, subject=token)
             raise Unauthorized("who?")
 
-    from .conftest import make_config
+    from tests.helpers import make_config
 
     server = Server(make_config(), verifier=TwoUsers())
     info = await nursery.start(server.serve)
@@ -262,24 +267,18 @@ async def test_sessions_are_bound_to_their_principal(nursery: trio.Nursery) -> N
 
 
 async def test_session_expires_after_ttl_and_is_swept(nursery: trio.Nursery) -> None:
-    server, info = await start_server(nursery, session_ttl_s=1.0, sweep_interval_s=0.05)
+    """Over HTTP: a POST is activity, and once the sweeper has expired the session a POST is
+    404. The TTL arithmetic itself (a stream keeps a session alive, activity refreshes it) runs
+    on the mock clock in tests/unit/test_live_sessions.py."""
+    server, info = await start_server(nursery, session_ttl_s=0.2, sweep_interval_s=0.05)
     async with httpx.AsyncClient(base_url=info.url, headers=AUTH) as client:
         async with client.stream("GET", "/events?session_id=ttl") as response:
             reader = SSEReader(response)  # kept: dropping it would close the response
             await reader.next()
-            await trio.sleep(1.3)  # an attached stream keeps its session alive
-            assert server.sessions.lookup("ttl") is not None
-        # Activity refreshes the TTL...
-        await trio.sleep(0.6)
         assert (
             await post(client, "ttl", {"type": "list_tools", "request_id": "a"})
         ).status_code == 202
-        await trio.sleep(0.6)
-        assert server.sessions.lookup("ttl") is not None
-        # ...and idleness past it expires the session.
-        with trio.fail_after(3):
-            while server.sessions.lookup("ttl") is not None:
-                await trio.sleep(0.02)
+        await wait_for(lambda: server.sessions.lookup("ttl") is None, 3, "the session to expire")
         response = await post(client, "ttl", {"type": "list_tools", "request_id": "b"})
         assert response.status_code == 404
 
@@ -358,7 +357,7 @@ async def test_a_failing_session_task_or_late_publish_never_takes_the_server_dow
         raise RuntimeError("bug in a session task")
 
     server.sessions.spawn(live, broken)
-    await trio.sleep(0.05)
+    await wait_for(lambda: live.running == 0, 2, "the broken task to fail")
     await server.sessions.close(live, "session_deleted")
     with pytest.raises(SessionNotFound):
         await server.sessions.publish(live, {"too": "late"})
