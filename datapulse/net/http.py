@@ -3,6 +3,10 @@
 Handlers receive a ``Request`` and return a ``Response`` (a complete body), a
 ``StreamingResponse`` (a body produced by an async function, sent chunked) or an ``Upgrade``.
 
+A request target in absolute form (``GET http://host:port/path?q HTTP/1.1``, RFC 9112 3.2.2) is
+routed by its path and query like the origin form; its authority is kept in
+``Request.authority``, which the Host check applies to as well as to the Host header.
+
 Errors: a ``DatapulseError`` carries its own HTTP status and JSON-RPC code. Two functions turn
 one into a response, and a route picks one of them (``ErrorStyle``): ``error_response`` gives
 every plain-HTTP endpoint the same short JSON body, ``{"error": "<name>", "detail": "<text>"}``;
@@ -27,7 +31,7 @@ import trio
 from datapulse.auth.verifier import Principal
 from datapulse.core.jsonrpc import RequestId, encode_exception
 from datapulse.core.media import media_type
-from datapulse.errors import DatapulseError, Unauthorized
+from datapulse.errors import BadRequest, DatapulseError, Unauthorized
 
 log = logging.getLogger("datapulse.http")
 
@@ -86,6 +90,33 @@ def _no_connection(fn: TaskStarter) -> None:
     raise RuntimeError("this request is not being served by a connection")
 
 
+_ABSOLUTE_SCHEMES = ("http://", "https://")
+
+
+def split_target(target: str) -> tuple[str | None, str]:
+    """``(authority, origin-form)`` of a request target: ``(None, target)`` for the origin form;
+    for the absolute form (RFC 9112 3.2.2, what a proxy is sent, and any client may send) its
+    authority and the path and query after it (``/`` when the path is empty).
+
+    Raises ``BadRequest`` for an absolute form without a host or with userinfo (RFC 9110 4.2.4:
+    a sender must not generate one; it is a phishing device, not an address).
+    """
+    head = target[:8].lower()
+    for scheme in _ABSOLUTE_SCHEMES:
+        if head.startswith(scheme):
+            rest = target[len(scheme) :]
+            end = len(rest)
+            for separator in "/?#":
+                found = rest.find(separator)
+                if found != -1:
+                    end = min(end, found)
+            authority, tail = rest[:end], rest[end:]
+            if not authority or "@" in authority or tail.startswith("#"):
+                raise BadRequest("invalid absolute-form request target")
+            return authority, tail if tail.startswith("/") else "/" + tail
+    return None, target
+
+
 @dataclass(slots=True)
 class Request:
     method: str
@@ -103,6 +134,8 @@ class Request:
     disconnects or once the response is complete. Set by the connection."""
     ticket: StreamTicket | None = None
     """Set by the router when a ``?ticket=`` authenticated the request (browser streams)."""
+    authority: str | None = None
+    """The host (and port) of an absolute-form target; None for the usual origin form."""
     _header_cache: dict[str, list[str]] | None = field(default=None, repr=False)
 
     @classmethod
@@ -115,7 +148,8 @@ class Request:
         client: tuple[str, int] | None = None,
         http_version: str = "1.1",
     ) -> Request:
-        path, _, query = target.partition("?")
+        authority, origin_form = split_target(target)
+        path, _, query = origin_form.partition("?")
         return cls(
             method=method,
             target=target,
@@ -124,6 +158,7 @@ class Request:
             headers=headers,
             client=client,
             http_version=http_version,
+            authority=authority,
         )
 
     def _header_map(self) -> dict[str, list[str]]:
@@ -195,6 +230,11 @@ class Upgrade:
     """
 
     run: Callable[[trio.abc.Stream], Awaitable[None]]
+
+
+AppResponse = Response | StreamingResponse | Upgrade
+Handler = Callable[[Request], Awaitable[AppResponse]]
+"""Answers a request whose body has been read: a route's handler, the app's second phase."""
 
 
 def json_body(obj: Any) -> bytes:

@@ -1,4 +1,10 @@
-"""The router's first hook: Origin and Host validation on every request (see core/origins)."""
+"""The router's first hook: Origin and Host validation on every request (see core/origins).
+
+An absolute-form target (``GET http://host/path``) names the host the client means (RFC 9112
+3.2.2); it is checked like the Host header, and so is that header: both must be ours. Neither a
+refused Origin nor a refused Host is quoted in the answer or the log (header values are the
+client's bytes, and the log and a 4xx body are no place for them).
+"""
 
 from __future__ import annotations
 
@@ -24,12 +30,14 @@ class OriginGuard:
         self.open_paths = open_paths
 
     async def __call__(self, request: Request) -> Response | None:
-        if not host_allowed(request.header("host"), self.bound_to_loopback):
+        if not host_allowed(request.header("host"), self.bound_to_loopback) or (
+            request.authority is not None
+            and not host_allowed(request.authority, self.bound_to_loopback)
+        ):
             raise MisdirectedRequest("this server answers only to localhost names")
-        origin = request.header("origin")
         if request.path in self.open_paths:
             return None
-        if not origin_allowed(origin, self.allowed):
-            log.warning("refused Origin %r on %s %s", origin, request.method, request.path)
-            raise Forbidden(f"origin not allowed: {origin}")
+        if not origin_allowed(request.header("origin"), self.allowed):
+            log.warning("refused an Origin not allowed on %s %s", request.method, request.path)
+            raise Forbidden("origin not allowed")
         return None

@@ -1,6 +1,14 @@
 """Router: (method, path) -> handler, with authentication and the error boundary.
 
-This is the application the HTTP layer calls. It is also the error boundary: a DatapulseError
+This is the application the HTTP layer calls, in two phases (``net.connection.StagedApp``):
+``admit`` runs on the request head alone, before a byte of its body is read: the before-hooks
+(Origin/Host, CORS preflight), the route lookup (404, 405) and authentication (the bearer
+header, or a stream ticket on a ticket route). What it refuses is answered at once, and its body
+is never read, so a client without a token cannot make us hold one. An admitted request gets
+back the handler (with the route's error style) that answers it once its body is in; it is not
+authenticated again. ``__call__`` runs both phases (a request whose body is already there).
+
+The router is also the error boundary, in both phases: a DatapulseError
 raised by a handler becomes the response its route's ``ErrorStyle`` asks for (plain JSON, or a
 JSON-RPC error object on MCP endpoints; ``net.http.styled_error_response``); errors raised before
 a handler is chosen (Origin/Host, 404, 405) and 401s are always plain. Any other exception is a
@@ -13,16 +21,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 from datapulse.auth.verifier import Principal, Verifier
 from datapulse.errors import DatapulseError, MethodNotAllowed, NotFound, Unauthorized
 from datapulse.net.http import (
+    AppResponse,
     ErrorStyle,
+    Handler,
     Request,
     Response,
-    StreamingResponse,
     StreamTicket,
-    Upgrade,
     error_response,
     internal_error_response,
     styled_error_response,
@@ -30,10 +40,11 @@ from datapulse.net.http import (
 
 log = logging.getLogger("datapulse.http")
 
-Handler = Callable[[Request], Awaitable[Response | StreamingResponse | Upgrade]]
+__all__ = ["AppResponse", "Handler", "Route", "Router"]
+
+R = TypeVar("R", bound=AppResponse)
 ChallengeHook = Callable[[Request, Unauthorized], Unauthorized]
 TicketHook = Callable[[Request], Awaitable[tuple[Principal, StreamTicket]]]
-AppResponse = Response | StreamingResponse | Upgrade
 
 
 @dataclass
@@ -83,40 +94,53 @@ class Router:
             route.ticket_methods.add(method)
 
     async def __call__(self, request: Request) -> AppResponse:
-        response = await self._respond(request)
-        for hook in self.after:
-            hook(request, response)
-        return response
+        """Both phases at once, for a request whose body has already been read."""
+        answer = await self.admit(request)
+        if isinstance(answer, Response):
+            return answer
+        return await answer(request)
 
-    async def _respond(self, request: Request) -> AppResponse:
+    async def admit(self, request: Request) -> Response | Handler:
+        """The head phase: the response to send now (the body is never read), or the handler
+        that answers once the body is in. Errors here are always plain JSON."""
         try:
             for hook in self.before:
                 early = await hook(request)
                 if early is not None:
-                    return early
+                    return self._finish(request, early)
             route, handler = self._find(request)
             if not route.public:
                 await self._authenticate(request, route)
         except Unauthorized as exc:
-            return self._refuse(request, exc)
+            return self._finish(request, self._refuse(request, exc))
         except DatapulseError as exc:
-            return error_response(exc)
+            return self._finish(request, error_response(exc))
         except Exception:
             log.exception("unhandled error before %s %s", request.method, request.path)
-            return internal_error_response()
+            return self._finish(request, internal_error_response())
+        return partial(self._handle, route, handler)
+
+    async def _handle(self, route: Route, handler: Handler, request: Request) -> AppResponse:
+        """The body phase: the admitted request's handler, inside the error boundary."""
         try:
-            return await handler(request)
+            response = await handler(request)
         except Unauthorized as exc:
-            return self._refuse(request, exc)
+            response = self._refuse(request, exc)
         except DatapulseError as exc:
             if exc.http_status >= 500:
                 log.warning(
                     "%s %s %s: %s", exc.http_status, request.method, request.path, exc.detail
                 )
-            return styled_error_response(exc, route.errors)
+            response = styled_error_response(exc, route.errors)
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
-            return internal_error_response()
+            response = internal_error_response()
+        return self._finish(request, response)
+
+    def _finish(self, request: Request, response: R) -> R:
+        for hook in self.after:
+            hook(request, response)
+        return response
 
     def _refuse(self, request: Request, exc: Unauthorized) -> Response:
         if self.challenge_hook is not None:

@@ -94,7 +94,9 @@ async def test_wrong_method_405_with_allow(client: httpx.AsyncClient) -> None:
         b"GET /healthz HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
         b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nBad Header: y\r\n\r\n",
         b"POST /message HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n\r\n",
-        b"POST /message HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
+        # With a token: without one the head is refused (401) and the body never read.
+        b"POST /message HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer test-token\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n",
         b"GET /\x00 HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ],
 )
@@ -176,7 +178,8 @@ async def test_slow_body_gets_408(nursery: trio.Nursery) -> None:
     _, info = await start_server(nursery, read_timeout_s=0.3)
     raw = await raw_exchange(
         info.port,
-        b"POST /message?session_id=a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc",
+        b"POST /message?session_id=a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n"
+        b"Authorization: Bearer test-token\r\n\r\nabc",  # a token: else 401 on the head
     )
     assert status_of(raw) == 408
 
