@@ -28,9 +28,10 @@ class ReplayStream(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
+            # The checkpoint first: a cancelled receive_some consumes nothing, as on a socket.
+            await trio.lowlevel.checkpoint()
             size = len(self._prefix) if max_bytes is None else max_bytes
             chunk, self._prefix = self._prefix[:size], self._prefix[size:]
-            await trio.lowlevel.checkpoint()
             return chunk
         return bytes(await self._inner.receive_some(max_bytes))
 
