@@ -7,6 +7,7 @@ Flags are generated from ``Config`` (each field names its flag and environment v
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -16,23 +17,30 @@ from typing import Any
 import trio
 
 from datapulse import __version__
+from datapulse.auth.redact import install_redactor, redact_handlers
 from datapulse.auth.setup import AuthStartupError
-from datapulse.config import Config, config_from_env, parse_value, settings
+from datapulse.config import Config, config_from_env, default_text, parse_value, settings
 from datapulse.server import Server, ServerInfo
 
 log = logging.getLogger("datapulse")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # No ArgumentDefaultsHelpFormatter: every argparse default is None (so that an unset flag
+    # falls through to the environment), which it would print as "(default: None)". The help
+    # names the environment variable and Config's real default instead.
     parser = argparse.ArgumentParser(
         prog="datapulse",
-        description="An MCP server over Server-Sent Events (Trio + h11).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="An MCP server over Server-Sent Events (Trio + h11)."
+        " Precedence: flag > environment variable > default.",
     )
     parser.add_argument("--version", action="version", version=f"datapulse {__version__}")
     for f in settings():
         flag, env = f.metadata["flag"], f.metadata["env"]
-        help_text = f"{f.metadata['help']} [env {env}]"
+        # argparse %-formats help strings: a literal % must be doubled.
+        help_text = f"{f.metadata['help']} [env {env}; default: {default_text(f)}]".replace(
+            "%", "%%"
+        )
         if "bool" in str(f.type):
             parser.add_argument(
                 flag, dest=f.name, action="store_const", const="true", default=None, help=help_text
@@ -75,6 +83,12 @@ async def run(config: Config) -> None:
     class Announce:
         def started(self, info: ServerInfo | None = None) -> None:
             assert info is not None
+            # Everything made so far (modules, the app, its tools) lives as long as the process:
+            # moved out of the collector's generations, no full collection scans it again. A
+            # full collection of a few thousand streams' objects otherwise stalls every stream
+            # for tens of ms (docs/benchmarks.md). The CLI owns the process; an embedding host
+            # decides this for its own.
+            gc.freeze()
             announce(info, config)
 
     async with trio.open_nursery() as nursery:
@@ -114,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Every line printed, ours and the libraries', without a credential in it.
+    redact_handlers(logging.getLogger().handlers)
+    install_redactor()
     try:
         trio.run(run, config)
     except (OSError, AuthStartupError) as exc:

@@ -34,7 +34,12 @@ class Config:
         "LOCAL_BEARER_TOKEN",
         "shared bearer token; when neither it nor JWT settings are given, a random one is printed",
     )
-    jwt_issuer: str | None = _setting(None, "--jwt-issuer", "JWT_ISSUER", "JWT issuer (OIDC)")
+    jwt_issuer: str | None = _setting(
+        None,
+        "--jwt-issuer",
+        "JWT_ISSUER",
+        "JWT issuer: tokens' iss must equal it exactly; its OIDC/RFC 8414 metadata names the keys",
+    )
     jwt_audience: str | None = _setting(
         None, "--jwt-audience", "JWT_AUDIENCE", "audience a JWT must contain"
     )
@@ -54,13 +59,19 @@ class Config:
         "",
         "--resource-url",
         "DATAPULSE_RESOURCE_URL",
-        "canonical URL clients use for this server (OAuth resource metadata); default: the bound URL",
+        "canonical URL clients use for this server (OAuth resource metadata)",
     )
     cors_origins: str = _setting(
         "",
         "--cors-origins",
         "DATAPULSE_CORS_ORIGINS",
         "comma-separated browser origins allowed to call the API cross-origin (CORS)",
+    )
+    ticket_resume_window_s: float = _setting(
+        300.0,
+        "--ticket-resume-window",
+        "DATAPULSE_TICKET_RESUME_WINDOW",
+        "seconds after a ticket-opened stream was cut during which its spent ticket may resume it",
     )
     # Streams and sessions
     ping_interval_s: float = _setting(
@@ -197,6 +208,8 @@ class Config:
             raise ValueError("port must be 0..65535")
         if self.shutdown_grace_s < 0 or self.retry_ms < 0 or self.jwt_leeway_s < 0:
             raise ValueError("shutdown_grace_s, retry_ms and jwt_leeway_s must be >= 0")
+        if self.ticket_resume_window_s < 0:
+            raise ValueError("ticket_resume_window_s must be >= 0")
         if self.resource_url:
             url = urlsplit(self.resource_url)
             if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
@@ -244,15 +257,23 @@ def config_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) 
     return Config(**values)
 
 
+def default_text(f: dataclasses.Field[Any]) -> str:
+    """A setting's default as ``--help`` and the README show it."""
+    default = f.default
+    if f.name == "token":
+        return "random, printed at start"
+    if f.name == "resource_url":
+        return "the bound URL"
+    if default is None or default == "":
+        return "-"
+    return str(default)
+
+
 def settings_table() -> str:
     """The README's settings table (Markdown), generated from the fields above."""
     rows = ["| flag | env variable | default | meaning |", "|---|---|---|---|"]
     for f in settings():
-        default = f.default
-        if f.name == "token":
-            default = "random, printed at start"
-        elif default is None or default == "":
-            default = "-"
+        default = default_text(f)
         rows.append(
             f"| `{f.metadata['flag']}` | `{f.metadata['env']}` | {default} | {f.metadata['help']} |"
         )

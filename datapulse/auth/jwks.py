@@ -11,7 +11,12 @@ is how key rotation shows up. Two promises protect the IdP from us, and us from 
   unknown ``kid``), so a flood of tokens with random ``kid``s costs the IdP one request.
 
 No keys at all raises ``ServiceUnavailable``: an IdP outage must not look like a bad token, or
-clients would throw good tokens away. Keys past their ``max-age`` stay in use while refreshes
+clients would throw good tokens away. An IdP that is down when we start (network errors, 5xx)
+does not stop the server either: ``start`` returns with ``ready`` False, and
+``run_until_ready`` (a background task of the server) retries discovery and the first key fetch
+with capped, jittered exponential backoff until keys are loaded, while requests get 503 with
+``Retry-After`` at once. Only configuration errors (a malformed or plain-http issuer, metadata
+that names another issuer, 4xx from every discovery URL) fail ``start``. Keys past their ``max-age`` stay in use while refreshes
 fail; they are the IdP's own keys, only older. The pure helpers come first and are tested
 without sockets; ``JwksCache`` is the thin Trio part.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -45,7 +51,19 @@ _KEY_TYPES = ("RSA", "EC", "OKP")  # "oct" never verifies a token here: that is 
 
 
 class KeySourceError(Exception):
-    """One fetch or document failed (status, timeout, size, not JSON, no usable keys)."""
+    """One fetch or document failed (status, timeout, size, not JSON, no usable keys).
+
+    ``transient``: the IdP could not be reached or answered 5xx/408/429, so asking again later
+    may work; otherwise the answer itself was wrong (a 404, a document that is not ours).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _transient_status(status: int) -> bool:
+    return status >= 500 or status in (408, 429)
 
 
 class DiscoveryError(KeySourceError):
@@ -182,9 +200,11 @@ class JwksCache:
     """The issuer's key set: discovered, cached, refreshed once per rotation, never hammered.
 
     Call ``start()`` once before serving: it runs discovery (raising ``DiscoveryError`` with a
-    reason an operator can act on) and tries a first key fetch, whose failure is only logged
-    since tokens then get 503 until the IdP answers. ``clock`` is only for cache and rate-limit
-    arithmetic (tests pass a fake one); timeouts always use Trio's clock.
+    reason an operator can act on when the configuration is wrong) and tries a first key fetch;
+    if the IdP cannot be reached it only logs, ``ready`` stays False and tokens get 503 until
+    ``run_until_ready`` (or a request, at most once per ``refresh_interval_s``) loads the keys.
+    ``clock`` is only for cache and rate-limit arithmetic (tests pass a fake one); timeouts
+    always use Trio's clock; ``jitter`` (0..1) spreads the background retries.
     """
 
     def __init__(
@@ -199,8 +219,11 @@ class JwksCache:
         default_ttl_s: float = 3600.0,
         refresh_interval_s: float = 10.0,
         max_keys: int = 100,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 60.0,
         http_client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = trio.current_time,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         if jwks_uri is not None:
             require_secure_url(jwks_uri, what="JWKS URI")
@@ -215,6 +238,8 @@ class JwksCache:
             raise ValueError("timeout_s and max_bytes must be > 0, refresh_interval_s >= 0")
         if not 0 < min_ttl_s <= max_ttl_s:
             raise ValueError("cache TTLs must satisfy 0 < min_ttl_s <= max_ttl_s")
+        if not 0 < retry_initial_s <= retry_max_s:
+            raise ValueError("retry delays must satisfy 0 < retry_initial_s <= retry_max_s")
         self._issuer = issuer
         self._jwks_uri = jwks_uri
         self._timeout_s = timeout_s
@@ -226,6 +251,12 @@ class JwksCache:
         self._max_keys = max_keys
         self._client = http_client
         self._clock = clock
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._jitter = jitter
+        self._last_error: str | None = None
+        self._recovering = False  # run_until_ready is running: requests never wait on a fetch
+        self._next_retry_at = -math.inf  # its next attempt
         self._keys: KeySet | None = None
         self._expires_at = -math.inf
         self._retry_at = -math.inf  # after a failed fetch: no new one before this
@@ -245,11 +276,59 @@ class JwksCache:
     def keys(self) -> KeySet | None:
         return self._keys
 
+    @property
+    def ready(self) -> bool:
+        """Whether signing keys are loaded (stale ones count: they still verify)."""
+        return self._keys is not None
+
+    @property
+    def reason(self) -> str | None:
+        """Why not ``ready``, for an operator (or a /readyz); None when ready."""
+        if self._keys is not None:
+            return None
+        if self._last_error is None:
+            return "JWT signing keys not loaded yet"
+        return f"JWT signing keys unavailable from {self._source}: {self._last_error}"
+
     async def start(self) -> None:
+        """Discover and load the keys once. Raises ``DiscoveryError`` only for a configuration
+        error; an unreachable or failing IdP leaves the cache not ``ready`` (logged once)."""
         if self._jwks_uri is None:
-            self._jwks_uri = await self._discover()
-        if not await self._refresh():
-            logger.warning("no signing keys yet; JWT requests get 503 until the IdP answers")
+            try:
+                self._jwks_uri = await self._discover()
+            except DiscoveryError as exc:
+                if not exc.transient:
+                    raise
+                self._last_error = str(exc)
+                self._last_attempt_at = self._clock()
+                self._retry_at = self._last_attempt_at + self._refresh_interval_s
+        if self._jwks_uri is None or not await self._refresh():
+            logger.warning(
+                "starting without JWT signing keys (%s); JWT requests get 503 until they load,"
+                " retried in the background; the local token works meanwhile",
+                self.reason,
+            )
+
+    async def run_until_ready(self) -> None:
+        """Retry discovery and the key fetch until keys are loaded, then return.
+
+        The delay doubles from ``retry_initial_s`` up to ``retry_max_s``, each one jittered
+        (x0.5 .. x1) so that instances restarted together do not hit a recovering IdP at once.
+        Meanwhile requests are answered 503 at once, with ``Retry-After`` until the next try.
+        """
+        delay = self._retry_initial_s
+        self._recovering = True
+        try:
+            while self._keys is None:
+                wait = delay * (0.5 + 0.5 * self._jitter())
+                self._next_retry_at = self._clock() + wait
+                await trio.sleep(wait)
+                if self._keys is None:
+                    await self._refresh()
+                delay = min(delay * 2, self._retry_max_s)
+        finally:
+            self._recovering = False
+            self._next_retry_at = -math.inf
 
     async def get_key(self, kid: str | None, alg: str) -> Key | None:
         """The key for this ``kid``, or None if the issuer has no such key (a bad token).
@@ -276,6 +355,8 @@ class JwksCache:
         now = self._clock()
         if self._keys is not None and now < self._expires_at:
             return self._keys
+        if self._keys is None and self._recovering:
+            raise self._unavailable()  # the background task is on it: no request waits
         if self._inflight is None and now < self._retry_at:
             if self._keys is not None:
                 return self._keys  # stale beats none while the IdP is failing
@@ -294,6 +375,8 @@ class JwksCache:
         next_try = (
             self._retry_at if last is None else max(self._retry_at, last + self._refresh_interval_s)
         )
+        if self._recovering:
+            next_try = self._next_retry_at
         wait = next_try - self._clock()
         retry_after = max(1, math.ceil(wait)) if math.isfinite(wait) else 1
         return ServiceUnavailable(
@@ -334,8 +417,10 @@ class JwksCache:
             keys = parse_jwks(doc, max_keys=self._max_keys)
         except KeySourceError as exc:
             self._retry_at = self._clock() + self._refresh_interval_s
+            self._last_error = str(exc)
             if self._keys is None:
-                logger.error("JWT signing keys unavailable from %s: %s", self._source, exc)
+                # The outage is logged once, by start(); each retry only at debug level.
+                logger.debug("JWT signing keys unavailable from %s: %s", self._source, exc)
             else:
                 logger.warning(
                     "JWKS refresh from %s failed, keeping cached keys: %s", self._source, exc
@@ -347,10 +432,22 @@ class JwksCache:
             ceiling_s=self._max_ttl_s,
             default_s=self._default_ttl_s,
         )
+        recovered = self._keys is None and self._last_error is not None
         self._keys = keys
         self._expires_at = self._clock() + ttl
         self._retry_at = -math.inf
-        logger.info("loaded %d signing keys from %s for %g s", len(keys.keys), self._source, ttl)
+        self._last_error = None
+        if recovered:
+            logger.info(
+                "JWT authentication ready: loaded %d signing keys from %s for %g s",
+                len(keys.keys),
+                self._source,
+                ttl,
+            )
+        else:
+            logger.info(
+                "loaded %d signing keys from %s for %g s", len(keys.keys), self._source, ttl
+            )
         return True
 
     @property
@@ -360,20 +457,25 @@ class JwksCache:
     async def _discover(self) -> str:
         assert self._issuer is not None
         failures: list[str] = []
+        transient = False
         for url, oidc in discovery_urls(self._issuer):
             self.discovery_fetches += 1
             try:
                 doc, _ = await self._get_json(url)
             except KeySourceError as exc:
                 failures.append(f"{url}: {exc}")
+                transient = transient or exc.transient
                 continue
             # A document that answers but is wrong (issuer mismatch) ends discovery: falling
             # through to another URL would hide a misconfiguration or an attack.
             jwks_uri = check_metadata(doc, issuer=self._issuer, oidc=oidc)
             logger.info("discovered jwks_uri %s from %s", jwks_uri, url)
             return jwks_uri
+        # Transient if any URL might answer later: one that 404s beside one that is down is
+        # more likely an IdP that serves only one of the two documents than a wrong issuer.
         raise DiscoveryError(
-            f"no usable metadata for issuer {self._issuer!r}: " + "; ".join(failures)
+            f"no usable metadata for issuer {self._issuer!r}: " + "; ".join(failures),
+            transient=transient,
         )
 
     async def _get_json(self, url: str) -> tuple[object, httpx.Headers]:
@@ -386,7 +488,7 @@ class JwksCache:
                 async with httpx.AsyncClient(timeout=self._timeout_s) as client:
                     body, headers = await self._get(client, url)
         if scope.cancelled_caught:
-            raise KeySourceError(f"timed out after {self._timeout_s:g} s")
+            raise KeySourceError(f"timed out after {self._timeout_s:g} s", transient=True)
         try:
             return json.loads(body), headers
         except (ValueError, RecursionError):
@@ -401,7 +503,8 @@ class JwksCache:
                 "GET", url, headers=request_headers, follow_redirects=False
             ) as response:
                 if response.status_code != 200:
-                    raise KeySourceError(f"HTTP {response.status_code}")
+                    status = response.status_code
+                    raise KeySourceError(f"HTTP {status}", transient=_transient_status(status))
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and (len(declared) > 12 or int(declared) > self._max_bytes):
                     raise KeySourceError(f"response larger than {self._max_bytes} bytes")
@@ -411,5 +514,7 @@ class JwksCache:
                     if len(body) > self._max_bytes:
                         raise KeySourceError(f"response larger than {self._max_bytes} bytes")
                 return bytes(body), response.headers
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        except httpx.InvalidURL as exc:
             raise KeySourceError(str(exc) or type(exc).__name__) from None
+        except httpx.HTTPError as exc:  # connect, read, protocol errors: the network's fault
+            raise KeySourceError(str(exc) or type(exc).__name__, transient=True) from None

@@ -10,7 +10,7 @@ token raises the plain ``Unauthorized`` from ``bearer_token`` so the challenge c
 code (RFC 6750 §3.1); keys that cannot be had raise ``ServiceUnavailable`` (503) from the cache.
 
 The server builds it from Config at start-up, so that a wrong issuer URL fails there and not on
-the first request::
+the first request (an IdP that is merely down does not stop it: see ``ready``)::
 
     verifier = await JwtVerifier.open(JwtSettings.from_config(config))
 """
@@ -84,6 +84,9 @@ class JwtSettings:
     min_cache_ttl_s: float = 60.0
     max_cache_ttl_s: float = 24 * 3600.0
     refresh_interval_s: float = 10.0
+    #: Background retries while the IdP is unreachable at start: first delay, and the cap.
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.issuer:
@@ -196,6 +199,8 @@ class JwtVerifier:
                 min_ttl_s=settings.min_cache_ttl_s,
                 max_ttl_s=settings.max_cache_ttl_s,
                 refresh_interval_s=settings.refresh_interval_s,
+                retry_initial_s=settings.retry_initial_s,
+                retry_max_s=settings.retry_max_s,
                 http_client=http_client,
                 clock=clock,
             )
@@ -218,9 +223,25 @@ class JwtVerifier:
         return verifier
 
     async def start(self) -> None:
-        """Discover ``jwks_uri`` (raises ``DiscoveryError``) and try a first key fetch."""
+        """Discover ``jwks_uri`` and try a first key fetch. Raises ``DiscoveryError`` only for a
+        configuration error; an IdP that is down leaves the verifier not ``ready``."""
         if self.jwks is not None:
             await self.jwks.start()
+
+    @property
+    def ready(self) -> bool:
+        """Whether JWTs can be checked now (keys loaded); False means they get 503."""
+        return self.jwks is None or self.jwks.ready
+
+    @property
+    def reason(self) -> str | None:
+        """Why not ``ready`` (None when ready): for the log and a future /readyz."""
+        return None if self.jwks is None else self.jwks.reason
+
+    async def run_until_ready(self) -> None:
+        """The server's background task: retry the IdP until keys load (see ``JwksCache``)."""
+        if self.jwks is not None:
+            await self.jwks.run_until_ready()
 
     async def verify(self, authorization: str | None) -> Principal:
         token = bearer_token(authorization)

@@ -1,7 +1,12 @@
 """Building the configured verifier at start-up (JWT discovery needs the network, so it is async).
 
-``Server.serve`` calls ``open_configured_verifier`` before it listens, so a wrong issuer URL or
-an unreachable IdP stops the server at start with one clear line, not at the first request.
+``Server.serve`` calls ``open_configured_verifier`` before it listens, so a configuration error
+(a malformed issuer, plain http where https is required, metadata naming another issuer) stops
+the server at start with one clear line, not at the first request. An IdP that is only down
+(network errors, 5xx) does not: the server starts with the verifier not ``ready``, answers JWTs
+503 with ``Retry-After``, keeps the local token working, and runs ``run_until_ready`` in the
+background until the keys load. Restarting every instance during a short IdP outage must not
+crash-loop them all.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ class AuthStartupError(Exception):
 
 class StartingVerifier:
     """Stands in until the real verifier is built: nothing is accepted before ``serve`` runs."""
+
+    ready = False
+    reason = "authentication is not set up yet"
 
     async def verify(self, authorization: str | None) -> Principal:
         raise ServiceUnavailable("authentication is not ready yet")

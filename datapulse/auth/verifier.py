@@ -3,6 +3,10 @@
 A verifier takes the raw ``Authorization`` header value (or None) and returns the Principal it
 proves, or raises ``Unauthorized`` (401) / ``ServiceUnavailable`` (503, when keys cannot be had).
 Sessions remember ``Principal.id`` so that one principal can never use another's session.
+
+A verifier may also say whether it can work right now (``ready``, and ``reason`` when not: a JWT
+verifier whose IdP is down) and have a background task (``run_until_ready``) that the server
+runs; ``is_ready``/``not_ready_reason`` read them with defaults, for verifiers without them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import trio
+
+from datapulse.auth.redact import add_secret
 from datapulse.errors import ServiceUnavailable, Unauthorized
 
 
@@ -31,6 +38,15 @@ class Verifier(Protocol):
     async def verify(self, authorization: str | None) -> Principal:
         """Return the Principal behind this header value, or raise Unauthorized."""
         ...
+
+
+def is_ready(verifier: Verifier) -> bool:
+    """Whether ``verifier`` can verify now (True for verifiers that do not say)."""
+    return bool(getattr(verifier, "ready", True))
+
+
+def not_ready_reason(verifier: Verifier) -> str | None:
+    return None if is_ready(verifier) else getattr(verifier, "reason", None) or "not ready"
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -54,6 +70,7 @@ class BearerVerifier:
     def __init__(self, token: str) -> None:
         if not token:
             raise ValueError("the local bearer token must not be empty")
+        add_secret(token)  # never printed by a log line, whatever quotes it
         self._token = token.encode()
         digest = hashlib.sha256(self._token).hexdigest()[:16]
         self._principal = Principal(id=f"local:{digest}", subject="local", scopes=frozenset({"*"}))
@@ -77,6 +94,22 @@ class ChainVerifier:
         if not verifiers:
             raise ValueError("ChainVerifier needs at least one verifier")
         self._verifiers = list(verifiers)
+
+    @property
+    def ready(self) -> bool:
+        return all(is_ready(v) for v in self._verifiers)
+
+    @property
+    def reason(self) -> str | None:
+        return next((r for v in self._verifiers if (r := not_ready_reason(v))), None)
+
+    async def run_until_ready(self) -> None:
+        """Run each member's background task (a JWT verifier's retries), if it has one."""
+        async with trio.open_nursery() as nursery:
+            for verifier in self._verifiers:
+                run = getattr(verifier, "run_until_ready", None)
+                if run is not None and not is_ready(verifier):
+                    nursery.start_soon(run)
 
     async def verify(self, authorization: str | None) -> Principal:
         last: Exception | None = None

@@ -9,7 +9,7 @@ into short, stable descriptions for ``error_description``.
 Order of trust (RFC 8725 §3.1): nothing in the header is believed before the signature checks,
 except what is needed to pick a key. ``alg`` is compared against our allow-list, never used to
 choose one; ``jku``, ``x5u``, ``jwk`` and ``x5c`` are ignored, so a token can never tell us where
-to fetch its own key.
+to fetch its own key; ``crit`` is refused, since we understand no extension it could name.
 """
 
 from __future__ import annotations
@@ -146,9 +146,14 @@ def check_header(
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise InvalidToken("kid must be a string")
-    crit = header.get("crit")
-    if crit is not None and not (isinstance(crit, list) and all(isinstance(c, str) for c in crit)):
-        raise InvalidToken("crit must be a list of strings")
+    # RFC 7515 §4.1.11: a recipient must refuse a JWS whose "crit" names an extension it does
+    # not understand. We understand none, and an empty list is itself invalid there, so any
+    # "crit" at all (even [] or null) is refused; never hand it to a library to interpret.
+    if "crit" in header:
+        crit = header["crit"]
+        if not (isinstance(crit, list) and all(isinstance(c, str) for c in crit)):
+            raise InvalidToken("crit must be a list of strings")
+        raise InvalidToken("critical header parameters (crit) are not supported")
     # RFC 7797 unencoded payloads have no business in a JWT (RFC 7797 §7).
     if "b64" in header:
         raise InvalidToken("unencoded payloads are not accepted")

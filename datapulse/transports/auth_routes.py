@@ -8,7 +8,9 @@
   ``ticket_hook`` lets ``GET /events`` and ``GET /sse`` authenticate with ``?ticket=`` instead of
   the header (rules in ``auth.tickets``). No other query parameter ever authenticates. The
   transport calls ``bind_ticket`` once the stream's session is open, so the spent ticket can
-  resume that session, and only that one.
+  resume that session, and only that one, never from before the first event its stream could
+  send; ``track_ticket_streams`` (an ``after`` hook) tells the book when each ticket-opened
+  stream starts and ends, which is where ``--ticket-resume-window`` is counted from.
 * CORS: a ``before`` hook answers preflights, an ``after`` hook marks responses readable by
   allowed origins (policy in ``auth.cors``).
 * ``require_tool_scope``: the original API's ``POST /message`` refuses a tool call whose scope the
@@ -32,15 +34,18 @@ from datapulse.auth.prm import (
     canonical_resource,
     with_resource_metadata,
 )
-from datapulse.auth.tickets import TicketBook, install_redactor, ticket_refused
+from datapulse.auth.redact import install_redactor
+from datapulse.auth.tickets import TicketBook, ticket_refused
 from datapulse.auth.verifier import Principal
 from datapulse.config import Config
+from datapulse.core.eventlog import parse_event_id
 from datapulse.core.session import valid_session_id
 from datapulse.core.tokens import has_scope
 from datapulse.errors import BadRequest, Forbidden, SessionNotFound, Unauthorized
 from datapulse.errors import UnprocessableEntity as Unprocessable
 from datapulse.live.sessions import LiveSession, SessionManager
 from datapulse.net.http import (
+    BodyStream,
     Request,
     Response,
     StreamingResponse,
@@ -75,7 +80,9 @@ class AuthRoutes:
         self.router = router
         self.base_url = base_url
         """The URL the server listens on, once it does (for the RFC 9728 resource)."""
-        self.tickets = TicketBook(clock=trio.current_time)
+        self.tickets = TicketBook(
+            clock=trio.current_time, resume_window_s=config.ticket_resume_window_s
+        )
         self.cors = CorsPolicy(self.config.cors_origins)
         # Metadata (and resource_metadata in challenges) only when tokens come from an issuer.
         self.publishes_metadata = bool(self.config.jwt_issuer)
@@ -90,6 +97,7 @@ class AuthRoutes:
             router.challenge_hook = self.challenge
         router.before.append(self.preflight)
         router.after.append(self.add_cors_headers)
+        router.after.append(self.track_ticket_streams)
         self.sessions.on_close.append(self._session_closed)
         install_redactor()
 
@@ -166,11 +174,17 @@ class AuthRoutes:
         ticket = request.query_param("ticket") or ""
         if request.method != "GET" or not ticket:
             raise ticket_refused()
-        resuming = bool((request.header("last-event-id") or "").strip())
+        raw_last = (request.header("last-event-id") or "").strip()
+        resuming = bool(raw_last)
+        last_event_id = parse_event_id(raw_last) if resuming else None
         if request.path == "/events":
             session_id = session_id_from(request, "session_id")  # 400 before the ticket is spent
             redeemed = self.tickets.redeem(
-                ticket, route=events_api.KIND, session_id=session_id, resuming=resuming
+                ticket,
+                route=events_api.KIND,
+                session_id=session_id,
+                resuming=resuming,
+                last_event_id=last_event_id,
             )
             if not redeemed.first_use:
                 try:
@@ -179,7 +193,11 @@ class AuthRoutes:
                     raise ticket_refused("the session of this ticket has ended") from None
         elif request.path == "/sse":
             redeemed = self.tickets.redeem(
-                ticket, route=legacy_sse.KIND, session_id=None, resuming=resuming
+                ticket,
+                route=legacy_sse.KIND,
+                session_id=None,
+                resuming=resuming,
+                last_event_id=last_event_id,
             )
         else:
             raise ticket_refused()
@@ -190,7 +208,53 @@ class AuthRoutes:
         now resumes that session on that route, and nothing else."""
         grant = request.ticket
         if grant is not None and grant.first_use:
-            self.tickets.bind(grant.value, request.caller, session_id, route)
+            self.tickets.bind(
+                grant.value,
+                request.caller,
+                session_id,
+                route,
+                first_event_id=self._first_event_id(request, session_id),
+            )
+
+    def _first_event_id(self, request: Request, session_id: str) -> int:
+        """The first event id the stream this request opens can send: what follows its resume
+        point (``SessionManager.stream_session``'s rule: the ``Last-Event-ID``, else what the
+        session has delivered)."""
+        try:
+            after = events_api.resume_point(request) if request.path == "/events" else None
+        except BadRequest:
+            after = None
+        if after is None:
+            live = self.sessions.lookup(session_id, request.caller.id)
+            after = 0
+            if live is not None:
+                after = live.record.delivered_seq
+                if live.stream is not None:
+                    after = max(after, live.stream.sent_seq)
+        return after + 1
+
+    def track_ticket_streams(
+        self, request: Request, response: Response | StreamingResponse | Upgrade
+    ) -> None:
+        """The router's after hook: a ticket-opened stream reports when it starts and ends."""
+        grant = request.ticket
+        if grant is None or not isinstance(response, StreamingResponse):
+            return
+        body = response.body
+        tickets = self.tickets
+        session_id = request.query_param("session_id") if request.path == "/events" else None
+
+        async def tracked(out: BodyStream) -> None:
+            first = None
+            if grant.first_use and session_id is not None:
+                first = self._first_event_id(request, session_id)  # exact: nothing ran since
+            tickets.stream_started(grant.value, first_event_id=first)
+            try:
+                await body(out)
+            finally:
+                tickets.stream_ended(grant.value)
+
+        response.body = tracked
 
     def _session_closed(self, live: LiveSession, reason: str) -> None:
         self.tickets.forget_session(live.id)
@@ -210,7 +274,7 @@ class AuthRoutes:
         if request.path in PRM_PATHS:
             return Response(204, public_preflight_headers())
         if not self.cors.allows(origin):
-            raise Forbidden(f"origin not allowed for cross-origin requests: {origin}")
+            raise Forbidden("origin not allowed for cross-origin requests")
         return Response(204, self.cors.preflight_headers(origin, route.allow))
 
     def add_cors_headers(

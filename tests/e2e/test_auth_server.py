@@ -128,13 +128,12 @@ async def test_jwt_alone_generates_no_local_token(nursery: trio.Nursery, idp: Id
 async def test_discovery_failure_stops_the_server_before_it_listens(
     nursery: trio.Nursery,
 ) -> None:
-    closed_port = _closed_port()
-    server = Server(
-        make_config(jwt_issuer=f"http://127.0.0.1:{closed_port}", jwt_audience=AUDIENCE)
-    )
+    # A configuration error stops it; an IdP that is only down does not (test_auth_hardening).
+    issuer = "http://idp.example.test"  # plain http to a host that is not loopback
+    server = Server(make_config(jwt_issuer=issuer, jwt_audience=AUDIENCE))
     with trio.fail_after(TIMEOUT), pytest.raises(AuthStartupError) as info:
         await nursery.start(server.serve)
-    assert f"127.0.0.1:{closed_port}" in str(info.value)
+    assert issuer in str(info.value) and "https" in str(info.value)
     assert server.info is None
     missing_audience = Server(make_config(jwt_issuer="https://idp.example"))
     with trio.fail_after(TIMEOUT), pytest.raises(AuthStartupError, match="JWT_AUDIENCE"):
@@ -166,7 +165,7 @@ def _cli_env(**extra: str) -> dict[str, str]:
 
 
 async def test_cli_exits_1_with_a_clear_line_when_discovery_fails() -> None:
-    issuer = f"http://127.0.0.1:{_closed_port()}"
+    issuer = "http://idp.example.test"  # a configuration error: plain http, not loopback
     with trio.fail_after(30):
         result = await trio.run_process(
             [sys.executable, "-m", "datapulse", "--port", "0"],
