@@ -8,11 +8,39 @@ encode_exception`` (a JSON-RPC error object, used by the dispatcher and by MCP e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
+
+QUOTE_CHARS: Final = 100
+"""How much of one piece of client input an error detail quotes (``quote``)."""
+
+MAX_DETAIL_CHARS: Final = 400
+"""The longest detail any error carries. Details quote client input (a method name, an id, a
+header, a schema error about an argument); this bound holds even where a message was built
+without ``quote``, so an error body never grows with what the client sent."""
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``value`` for an error detail: its repr, cut to ``limit`` characters of the input, with
+    how many were left out. Client input is quoted with this, never with a bare ``!r``."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text) - limit} more characters)"
+
+
+def clip(detail: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """``detail`` cut to ``limit`` characters (marked), for messages built from client input."""
+    if len(detail) <= limit:
+        return detail
+    return f"{detail[: limit - 30]}... ({len(detail) - limit + 30} more characters)"
 
 
 class DatapulseError(Exception):
-    """Base class: a failure with a short machine-readable name and a human-readable detail."""
+    """Base class: a failure with a short machine-readable name and a human-readable detail.
+
+    The detail is clipped to ``MAX_DETAIL_CHARS`` here, so that no error a client can cause
+    echoes its input at length, wherever the error was raised.
+    """
 
     http_status: int = 500
     jsonrpc_code: int = -32603
@@ -21,6 +49,7 @@ class DatapulseError(Exception):
     """The JSON-RPC id of the request that failed, when it was read before the failure."""
 
     def __init__(self, detail: str = "", **extra: Any) -> None:
+        detail = clip(detail)
         super().__init__(detail or self.error)
         self.detail = detail
         self.extra = extra
@@ -70,6 +99,15 @@ class NotFound(DatapulseError):
 
 class SessionNotFound(NotFound):
     error = "session_not_found"
+
+
+class AmbiguousSession(SessionNotFound):
+    """For the host program (``Server.publish``): several principals have a session with this
+    client-chosen id, and the call did not say whose (``principal=``). A ``SessionNotFound``, so
+    a host that skips sessions nobody has opened also skips one it cannot name; it is never sent
+    to a client."""
+
+    error = "ambiguous_session"
 
 
 class MethodNotAllowed(DatapulseError):

@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from datapulse.auth.setup import StartingVerifier, open_configured_verifier
-from datapulse.auth.verifier import BearerVerifier, Verifier
+from datapulse.auth.verifier import BearerVerifier, Verifier, is_ready
 from datapulse.config import Config
 from datapulse.errors import SessionNotFound
 from datapulse.live.sessions import SessionManager
@@ -138,7 +138,9 @@ class Server:
         # The endpoint event names /messages; the Python SDK's own servers use /messages/.
         self.router.add("POST", "/messages", legacy.post_message)
         self.router.add("POST", "/messages/", legacy.post_message)
-        self.router.add("GET", "/ws", WebSocketTransport(context).upgrade)
+        websocket = WebSocketTransport(context)
+        self.router.add("GET", "/ws", websocket.upgrade)
+        self.http.on_shutdown.append(websocket.shutdown)  # close frames (1001) to every /ws
         events = EventsTransport(context)
         self.router.add("GET", "/healthz", self._health, public=True)
         self.router.add("GET", "/events", events.get_events, ticket=True)
@@ -147,10 +149,17 @@ class Server:
     async def _health(self, request: Request) -> Response:
         return json_response(200, {"status": "ok", "sessions": len(self.sessions)})
 
-    async def publish(self, session_id: str, data: Any, *, event: str | None = None) -> str:
+    async def publish(
+        self, session_id: str, data: Any, *, event: str | None = None, principal: str | None = None
+    ) -> str:
         """Push an event into a live session's stream (under the same bounds and replay rules
-        as tool results). Returns the event id. Raises SessionNotFound for an unknown session."""
-        live = self.sessions.lookup(session_id)
+        as tool results). Returns the event id. Raises SessionNotFound for an unknown session.
+
+        ``/events`` ids are chosen by clients, in a namespace per principal: two principals may
+        each have a session ``demo``. ``principal`` (a ``Principal.id``, e.g.
+        ``ToolContext.principal_id``) says whose; without it the id must name exactly one live
+        session, else ``AmbiguousSession`` (a SessionNotFound) is raised and nothing is sent."""
+        live = self.sessions.lookup(session_id, principal)
         if live is None:
             raise SessionNotFound(f"unknown session: {session_id}")
         logged = await self.sessions.publish(live, data, event)
@@ -163,8 +172,9 @@ class Server:
     async def open_verifier(self) -> None:
         """Build the configured JWT verifier (OIDC discovery); idempotent, called by ``serve``.
 
-        Raises ``AuthStartupError`` with an operator-readable reason. The CLI calls it before
-        opening any nursery so the error reaches it unwrapped.
+        Raises ``AuthStartupError`` with an operator-readable reason for a configuration error;
+        an IdP that is down only leaves ``self.verifier.ready`` False (see ``auth.setup``). The
+        CLI calls it before opening any nursery so the error reaches it unwrapped.
         """
         if self._verifier_pending:
             self.verifier = await open_configured_verifier(self.config, self.token)
@@ -177,6 +187,10 @@ class Server:
         await self.open_verifier()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.sessions.run)
+            recover = getattr(self.verifier, "run_until_ready", None)
+            if recover is not None and not is_ready(self.verifier):
+                # The IdP was down at start: retry it in the background (ends once keys load).
+                nursery.start_soon(recover)
             # http.serve returns only after a graceful shutdown; the sessions (and their tool
             # tasks) are cancelled after it, once no connection can reach them any more.
             await self.http.serve(task_status=_Relay(self, task_status))

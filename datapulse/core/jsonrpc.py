@@ -107,8 +107,11 @@ def _is_id(value: object) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
-def _too_deep(value: Any, limit: int) -> bool:
-    """Whether containers nest more than ``limit`` levels (iterative: no recursion to exhaust)."""
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels (iterative: no recursion to exhaust).
+
+    Also for bodies that are JSON but not JSON-RPC (the original API's ``POST /message``): a
+    deep value reaches the tool registry, whose schema errors repr it recursively."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -192,7 +195,7 @@ def parse_message(
         decoded = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ParseError(f"invalid JSON: {exc}") from None
-    if _too_deep(decoded, max_depth):
+    if too_deep(decoded, max_depth):
         raise InvalidRequest(f"JSON nests deeper than {max_depth} levels")
     if not isinstance(decoded, list):
         return _classify(decoded)

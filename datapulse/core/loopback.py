@@ -8,9 +8,13 @@ literals are parsed, never prefix-matched.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 
+# Asked on every request (the Host check) with a handful of distinct values; parsing an IP
+# literal costs more than the rest of the check. Bounded, since the values come from clients.
+@functools.lru_cache(maxsize=512)
 def is_loopback_host(name: str) -> bool:
     """``localhost`` (any case), or an IP literal in 127.0.0.0/8 or ``::1``, bracketed or not.
 

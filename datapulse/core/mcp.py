@@ -20,7 +20,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from datapulse.errors import BadRequest, InvalidParams
+from datapulse.errors import QUOTE_CHARS, BadRequest, InvalidParams, quote
 
 T = TypeVar("T")
 
@@ -74,8 +74,8 @@ class UnsupportedProtocolVersion(BadRequest):
 
     def __init__(self, requested: str) -> None:
         super().__init__(
-            f"unsupported protocol version {requested!r}",
-            data={"supported": list(ALL_VERSIONS), "requested": requested},
+            f"unsupported protocol version {quote(requested)}",
+            data={"supported": list(ALL_VERSIONS), "requested": requested[:QUOTE_CHARS]},
         )
 
 
@@ -155,6 +155,7 @@ def modern_result(result: dict[str, Any], info: Mapping[str, Any]) -> dict[str, 
 # -- pagination -------------------------------------------------------------------------------
 
 _CURSOR_PREFIX: Final = "dp1:"
+_CURSOR_MAX_DIGITS: Final = 18
 
 
 def _encode_cursor(offset: int) -> str:
@@ -170,9 +171,14 @@ def _decode_cursor(cursor: object, total: int) -> int:
     except (binascii.Error, UnicodeError, ValueError):
         raise InvalidParams("invalid cursor") from None
     digits = text.removeprefix(_CURSOR_PREFIX)
-    if text == digits or not digits.isdigit() or not 0 < int(digits) < total:
+    # An offset of ours has a few digits; the length check comes first because int() of a
+    # long digit string is slow and, past sys.get_int_max_str_digits(), a ValueError.
+    if text == digits or len(digits) > _CURSOR_MAX_DIGITS or not digits.isdigit():
         raise InvalidParams("invalid cursor")
-    return int(digits)
+    offset = int(digits)
+    if not 0 < offset < total:
+        raise InvalidParams("invalid cursor")
+    return offset
 
 
 def paginate(items: Sequence[T], cursor: object, page_size: int) -> tuple[list[T], str | None]:

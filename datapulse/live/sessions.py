@@ -13,7 +13,13 @@ Ownership, from the top:
   catches up from the log in its own task (``live.stream``). A producer never waits on anybody's
   socket, and nothing is queued per stream: memory per session is the log's bound.
 * At most one stream per log: a second GET supersedes the first, which says goodbye
-  (``event: close`` ``superseded``) before ending.
+  (``event: close`` ``superseded``) before ending. By default the old one first writes what the
+  log still holds for it; an ``exclusive`` stream (GET ``/mcp``) stops where it is instead, so
+  no message goes out on both.
+* Ids: a session is found by (owner, id), never by id alone, so another principal's session is
+  not there at all. Server-picked ids are the store key; a client-chosen id (``/events``) is a
+  name in its owner's namespace, stored under ``core.session.namespaced_key`` (``LiveSession.key``
+  is the store's name for a session, ``LiveSession.id`` its owner's).
 * Limits: ``max_sessions`` in all (503) and ``max_sessions_per_principal`` per owner (429), both
   checked when a session is created.
 * Shutdown drains: ``close_all_streams`` closes at once the streams of sessions with no call in
@@ -33,9 +39,15 @@ import trio
 
 from datapulse.config import Config
 from datapulse.core.eventlog import LoggedEvent
-from datapulse.core.session import SessionRecord, new_session_id
+from datapulse.core.session import SessionRecord, namespaced_key, new_session_id
 from datapulse.core.sse import encode_retry
-from datapulse.errors import ServiceUnavailable, SessionNotFound, TooManyRequests
+from datapulse.errors import (
+    AmbiguousSession,
+    ServiceUnavailable,
+    SessionNotFound,
+    TooManyRequests,
+    quote,
+)
 from datapulse.live.pinger import Pinger
 from datapulse.live.stream import Control, LogStream, StoreLog, control_comment, control_event
 from datapulse.net.http import BodyStream
@@ -88,6 +100,12 @@ class LiveSession:
 
     @property
     def id(self) -> str:
+        """The id the owner uses (in URLs, headers, tickets, ``ToolContext.session_id``)."""
+        return self.record.session_id
+
+    @property
+    def key(self) -> str:
+        """The store's name for the session (its logs are ``LogKey(key, n)``)."""
         return self.record.id
 
 
@@ -96,6 +114,9 @@ class SessionManager:
         self.config = config
         self.store = store
         self._live: dict[str, LiveSession] = {}
+        """By store key."""
+        self._named: dict[str, dict[str, LiveSession]] = {}
+        """By the id their owners use, then by owner (a chosen id may have several owners)."""
         self._owned: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self._task_done: dict[str, trio.Event] = {}
@@ -110,9 +131,21 @@ class SessionManager:
     def live_sessions(self) -> list[LiveSession]:
         return list(self._live.values())
 
-    def lookup(self, session_id: str) -> LiveSession | None:
-        """The live session with this id, whoever owns it (for the host program, not clients)."""
-        return self._live.get(session_id)
+    def lookup(self, session_id: str, principal: str | None = None) -> LiveSession | None:
+        """The live session with this id (for the host program, not clients): ``principal``'s,
+        or without it the only one there is. A client-chosen id may name one session for each
+        of several principals; then the answer must be chosen: ``AmbiguousSession``."""
+        owners = self._named.get(session_id)
+        if not owners:
+            return None
+        if principal is not None:
+            return owners.get(principal)
+        if len(owners) > 1:
+            raise AmbiguousSession(
+                f"{len(owners)} principals have a session {quote(session_id)}; say whose"
+                " (principal=)"
+            )
+        return next(iter(owners.values()))
 
     def owned_by(self, owner: str) -> int:
         """How many live sessions ``owner`` holds (what ``max_sessions_per_principal`` counts)."""
@@ -143,7 +176,7 @@ class SessionManager:
     async def _session_task(self, live: LiveSession) -> None:
         """The session's own task, started with its first tool call (most sessions, e.g. a
         stream only fed by ``publish``, never need one: an idle task per stream costs memory)."""
-        done = self._task_done[live.id] = trio.Event()
+        done = self._task_done[live.key] = trio.Event()
         with trio.CancelScope() as scope:
             live._cancel_scope = scope
             if live.ended:
@@ -156,9 +189,11 @@ class SessionManager:
                 await done.wait()
                 nursery.cancel_scope.cancel()
         live.nursery = None
-        self._task_done.pop(live.id, None)
+        self._task_done.pop(live.key, None)
 
-    async def create(self, owner: str, kind: str, session_id: str | None = None) -> LiveSession:
+    def admit(self, owner: str) -> None:
+        """Raise what ``create`` would for ``owner`` now (503, 429), creating nothing: for a
+        transport that creates the session only once its response is under way (``/sse``)."""
         if self._nursery is None:
             raise ServiceUnavailable("server is not running")
         if len(self._live) >= self.config.max_sessions:
@@ -172,17 +207,23 @@ class SessionManager:
                 " close or let expire an older session",
                 retry_after_s=5,
             )
+
+    async def create(self, owner: str, kind: str, session_id: str | None = None) -> LiveSession:
+        """A new session of ``owner``. ``session_id`` is a client-chosen id: a name in the
+        owner's namespace (stored under ``namespaced_key``); without it the server picks one."""
+        self.admit(owner)
         now = trio.current_time()
         record = SessionRecord(
-            id=session_id or new_session_id(),
+            id=new_session_id() if session_id is None else namespaced_key(owner, session_id),
             owner=owner,
             kind=kind,
             created_at=now,
             last_active=now,
             ttl_s=self.config.session_ttl_s,
+            name=session_id,
         )
         # Counted before the first await, so concurrent creates cannot both squeeze past the limit.
-        self._owned[owner] = owned + 1
+        self._owned[owner] = self._owned.get(owner, 0) + 1
         try:
             await self.store.create(record)
         except BaseException:
@@ -190,35 +231,39 @@ class SessionManager:
             raise
         live = LiveSession(record)
         self._live[record.id] = live
-        log.info("session %s created (%s)", record.id, kind)
+        self._named.setdefault(live.id, {})[owner] = live
+        log.info("session %s created (%s)", live.id, kind)
         return live
 
     async def get(self, session_id: str, owner: str, kind: str | None = None) -> LiveSession:
-        """The live session, touched; SessionNotFound if absent, expired, or someone else's.
+        """``owner``'s session ``session_id``, touched; SessionNotFound if absent or expired.
 
-        Another principal's session answers exactly like a missing one, so ids cannot be probed.
+        Sessions are looked up in the owner's namespace: another principal's session is not
+        even there, so it answers exactly like a missing one and ids cannot be probed.
         """
-        live = self._live.get(session_id)
+        live = self._named.get(session_id, {}).get(owner)
         now = trio.current_time()
-        if live is None or live.record.owner != owner or (kind and live.record.kind != kind):
+        if live is None or (kind and live.record.kind != kind):
             raise SessionNotFound(f"unknown or expired session: {session_id}")
         if live.record.is_expired(now) and live.stream is None:
             await self.close(live, "session_expired")
             raise SessionNotFound(f"unknown or expired session: {session_id}")
         live.record.touch(now)
-        await self.store.touch(session_id, now)
+        await self.store.touch(live.key, now)
         return live
 
     async def get_or_create(self, session_id: str, owner: str, kind: str) -> LiveSession:
-        if session_id in self._live:
+        """``owner``'s session named ``session_id`` (a client-chosen id), opened on first use.
+        Whether another principal uses the same name makes no difference to either of them."""
+        if owner in self._named.get(session_id, {}):
             return await self.get(session_id, owner, kind)
         return await self.create(owner, kind, session_id)
 
     async def close(self, live: LiveSession, reason: str) -> None:
         """End a session: its streams are told why, its tool calls are cancelled, records go."""
-        if self._live.get(live.id) is live:
+        if self._live.get(live.key) is live:
             self._end_locally(live, reason)
-            await self.store.delete(live.id)
+            await self.store.delete(live.key)
             log.info("session %s closed (%s)", live.id, reason)
 
     def _release(self, owner: str) -> None:
@@ -229,14 +274,19 @@ class SessionManager:
             self._owned.pop(owner, None)
 
     def _end_locally(self, live: LiveSession, reason: str) -> None:
-        if self._live.pop(live.id, None) is live:
+        if self._live.pop(live.key, None) is live:
             self._release(live.record.owner)
+            owners = self._named.get(live.id)
+            if owners is not None and owners.get(live.record.owner) is live:
+                del owners[live.record.owner]
+                if not owners:
+                    del self._named[live.id]
         live.ended = True
         if live.stream is not None:
             live.stream.close(reason)
         for reader in live.request_streams.values():
             reader.close(reason)
-        done = self._task_done.get(live.id)
+        done = self._task_done.get(live.key)
         if done is not None:
             done.set()
         if live._cancel_scope is not None:
@@ -301,23 +351,23 @@ class SessionManager:
         state = live.protocol.state
         if state != live.saved_protocol:
             live.saved_protocol = copy.copy(state)
-            await self.store.save_protocol(live.id, state.to_dict())
+            await self.store.save_protocol(live.key, state.to_dict())
 
     # -- events --------------------------------------------------------------------------------
 
     async def publish(self, live: LiveSession, data: Any, event: str | None = None) -> LoggedEvent:
         """Append an event to the session's log and offer it to its stream. Never waits on a
         client. ``data`` is JSON-encoded unless it is already a ``str``."""
-        if self._live.get(live.id) is not live:
+        if self._live.get(live.key) is not live:
             raise SessionNotFound(f"session {live.id} has ended")
         text = data if isinstance(data, str) else orjson.dumps(data).decode()
-        logged = await self.store.append(LogKey(live.id), text, event)
+        logged = await self.store.append(LogKey(live.key), text, event)
         if live.stream is not None:
             live.stream.offer(logged)
         return logged
 
     async def open_request_log(self, live: LiveSession) -> LogKey:
-        return await self.store.open_request_log(live.id)
+        return await self.store.open_request_log(live.key)
 
     async def push(self, live: LiveSession, key: LogKey, data: bytes) -> None:
         """Append one message to a request stream's log and offer it to its reader."""
@@ -346,20 +396,24 @@ class SessionManager:
         resume_after: int | None,
         preamble: bytes = b"",
         control: Control = control_event,
+        exclusive: bool = False,
     ) -> None:
         """Attach a stream to the session's own log and write it until the client leaves or the
-        session tells it to stop. Supersedes the stream attached before, if any.
+        session tells it to stop. Supersedes the stream attached before, if any: that one is
+        told ``superseded`` and, unless ``exclusive``, first writes what the log still holds for
+        it (``exclusive``: it stops where it is, and this one carries on from there, so no event
+        goes out on both; MCP's rule for its streams).
 
         ``control`` frames the goodbye and error notices: named events for the original API, SSE
         comments (``control_comment``) for MCP streams, whose clients expect nothing but messages.
         """
-        key = LogKey(live.id)
+        key = LogKey(live.key)
         stream = LogStream(StoreLog(self.store, key), out, self.pinger, control=control)
         previous = live.stream
         delivered = live.record.delivered_seq
         if previous is not None:
+            previous.close("superseded", drain=not exclusive)
             delivered = max(delivered, previous.sent_seq)
-            previous.close("superseded")
         live.stream = stream
         if self.draining is not None and live.running == 0:
             # Opened during shutdown with nothing in flight: replay, then goodbye at once.
@@ -386,7 +440,7 @@ class SessionManager:
             if stream.sent_seq > live.record.delivered_seq:
                 live.record.delivered_seq = stream.sent_seq
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await self.store.mark_delivered(live.id, stream.sent_seq)
+                    await self.store.mark_delivered(live.key, stream.sent_seq)
 
     async def stream_request_log(
         self, live: LiveSession, key: LogKey, out: BodyStream, *, after: int, head: bytes

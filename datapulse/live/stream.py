@@ -23,6 +23,8 @@ How it ends:
 * the client disconnects -> ``out.wait()`` says so and we return (nothing more to write);
 * ``close(reason)`` -> what the log still holds for us, then ``event: close`` with the reason
   (``superseded`` by a newer stream, ``session_expired``, ``session_deleted``, ``shutdown``);
+  ``close(reason, drain=False)`` (a newer stream takes over an exclusive one) -> no more events,
+  even mid-page, only the goodbye: the newer stream sends the rest;
 * a request stream (``ends_with_log``): once its log is closed and all of it was written;
 * the stream fell so far behind that the log no longer holds what it has not sent ->
   ``event: error`` with ``stream_lagging``; the client may reconnect with Last-Event-ID and is
@@ -122,6 +124,7 @@ class LogStream:
     __slots__ = (
         "_behind",
         "_control",
+        "_drain",
         "_ends_with_log",
         "_parked",
         "_ping_wanted",
@@ -149,6 +152,7 @@ class LogStream:
         self.sent_seq = 0
         """The newest event of the log this stream has written."""
         self.close_reason: str | None = None
+        self._drain = True  # on close: write what the log still holds first
         self._behind = False  # an event was not written at once: read the log in our task
         self._ping_wanted = False
         # The stream's task waits in out.wait() with everything written: only then may another
@@ -190,10 +194,13 @@ class LogStream:
         self._ping_wanted = True
         self.out.wake()
 
-    def close(self, reason: str) -> None:
-        """Finish: write what the log still holds for us, then say goodbye with ``reason``."""
+    def close(self, reason: str, *, drain: bool = True) -> None:
+        """Finish: write what the log still holds for us (unless not ``drain``: then stop where
+        we are; ``sent_seq`` moves no further), then say goodbye with ``reason``."""
         if self.close_reason is None:
             self.close_reason = reason
+        if not drain:
+            self._drain = False
         self.out.wake()
 
     # -- the stream's own task ---------------------------------------------------------------
@@ -219,7 +226,7 @@ class LogStream:
                 return
             while True:
                 if self.close_reason is not None:
-                    if self._behind:
+                    if self._behind and self._drain:
                         self._behind = False
                         await self._catch_up(tolerate_gap=self._ends_with_log)
                     await self._write(self._control("close", reason=self.close_reason))
@@ -278,6 +285,8 @@ class LogStream:
         while True:
             page = await self._read(tolerate_gap=tolerate_gap)
             for event in page.events:
+                if not self._drain:
+                    return False  # taken over: the newer stream sends the rest
                 await self._write(event.wire)
                 self.sent_seq = event.seq
             if len(page.events) < CATCH_UP_PAGE:

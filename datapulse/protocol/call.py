@@ -46,6 +46,9 @@ class Call:
     request: Request
     sink: MessageSink
     params: dict[str, Any]
+    scopes: frozenset[str] | None = None
+    """What the token that carried this request grants (None: no limit); tools are judged
+    against these, not against whatever token the session last saw."""
     meta: mcp.ModernMeta | None = None
     token: str | int | None = None
     last_progress: float = -math.inf

@@ -78,7 +78,7 @@ async def call_tool(session: McpSession, call: Call) -> dict[str, Any]:
     if not isinstance(name, str):
         raise InvalidParams("tools/call needs a string name")
     tool = d.registry.get(name)  # UnknownTool: a protocol error (-32602), not an isError result
-    if not has_scope(session.scopes, tool.required_scope):
+    if not has_scope(call.scopes, tool.required_scope):
         raise Forbidden(f"{name} needs the scope {tool.required_scope!r}")
     try:
         arguments = d.registry.validate_arguments(name, call.params.get("arguments"))
@@ -111,7 +111,7 @@ async def run_tool(
     context = ToolContext(
         session_id=session.session_id,
         principal_id=session.principal_id,
-        scopes=session.scopes or frozenset(),
+        scopes=call.scopes or frozenset(),
         progress_sink=call.progress,
         log_sink=log_sink,
     )

@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
+from functools import partial
 from typing import Any, Final, Protocol
 
 import trio
@@ -40,7 +42,7 @@ from datapulse.core.jsonrpc import (
     encode_result,
     parse_message,
 )
-from datapulse.errors import DatapulseError, InvalidParams
+from datapulse.errors import QUOTE_CHARS, DatapulseError, InvalidParams, quote
 from datapulse.protocol.call import Call, MessageSink
 from datapulse.protocol.state import ProtocolState
 from datapulse.tools.registry import Tool, ToolRegistry
@@ -51,6 +53,19 @@ Handler = Callable[["McpSession", Call], Awaitable[dict[str, Any]]]
 
 # Requests a handshake session answers before `initialize` has succeeded.
 _PRE_INIT: Final = frozenset({"initialize", "ping"})
+
+Scopes = frozenset[str] | None
+"""What a request's token grants (``core.tokens.enforced_scopes``); None: no limit."""
+
+
+class _SessionScopes(Enum):
+    """``handle(..., scopes=SESSION_SCOPES)``: the caller has no token of its own per message
+    (a WebSocket: its session is its connection, authenticated once)."""
+
+    SESSION = "session"
+
+
+SESSION_SCOPES: Final = _SessionScopes.SESSION
 
 
 class DispatcherView(Protocol):
@@ -89,8 +104,13 @@ class McpSession:
     """One MCP session (handshake era) or one request's worth of state (``modern=True``).
 
     What the session knows of its client is ``state`` (plain, storable data).
-    ``scopes=None`` means authorization is off; otherwise a tool's ``required_scope`` is enforced
-    (a wildcard grant holds every scope, see ``core.tokens.has_scope``). ``call_limit`` bounds
+    Tool scopes are judged per request: ``handle(message, sink, scopes=...)`` is given the
+    scopes of the token that carried the message (every HTTP request carries its own, and a
+    later one may have more or fewer), and the call keeps them even if it runs later in the
+    session's task. ``scopes`` here is only the default for transports whose messages carry no
+    token of their own (``SESSION_SCOPES``: a WebSocket). ``None`` means no limit; otherwise a
+    tool's ``required_scope`` is enforced (a wildcard grant holds every scope, see
+    ``core.tokens.has_scope``). ``call_limit`` bounds
     the running ``tools/call``s; a transport that makes one session per request (2026-07-28)
     shares one limiter across, say, a principal's requests.
     """
@@ -160,15 +180,30 @@ class McpSession:
         scope.cancel()
         return True
 
-    async def handle(self, message: Message, sink: MessageSink) -> Outcome:
+    async def handle(
+        self,
+        message: Message,
+        sink: MessageSink,
+        *,
+        scopes: Scopes | _SessionScopes = SESSION_SCOPES,
+    ) -> Outcome:
+        """Handle one message; a request's tool call is judged against ``scopes``, those of the
+        token that carried it (``SESSION_SCOPES``: the session's own)."""
         if isinstance(message, Request):
-            return await self._handle_request(message, sink)
+            granted = self.scopes if scopes is SESSION_SCOPES else scopes
+            return await self._handle_request(message, sink, granted)
         if isinstance(message, Notification):
             self._handle_notification(message)
         # Responses: we never send requests, so no one is waiting for them.
         return Outcome(responded=False)
 
-    async def handle_batch(self, items: Sequence[BatchItem], sink: MessageSink) -> None:
+    async def handle_batch(
+        self,
+        items: Sequence[BatchItem],
+        sink: MessageSink,
+        *,
+        scopes: Scopes | _SessionScopes = SESSION_SCOPES,
+    ) -> None:
         """Run a batch's members concurrently; malformed members get their -32600 first.
 
         Raises InvalidRequest before doing anything if the batch holds ``initialize`` (clients
@@ -181,7 +216,7 @@ class McpSession:
                 if isinstance(item, InvalidRequest):
                     await sink(encode_exception(item))
                 else:
-                    nursery.start_soon(self.handle, item, sink)
+                    nursery.start_soon(partial(self.handle, item, sink, scopes=scopes))
 
     async def handle_bytes(self, data: bytes, sink: MessageSink) -> Outcome:
         """Parse and handle one body; for stream transports (WebSocket, legacy SSE, /events)
@@ -215,12 +250,12 @@ class McpSession:
             if target != self._initialize_id:
                 self.cancel(target)
 
-    async def _handle_request(self, request: Request, sink: MessageSink) -> Outcome:
+    async def _handle_request(self, request: Request, sink: MessageSink, scopes: Scopes) -> Outcome:
         params = request.params if isinstance(request.params, dict) else {}
-        call = Call(self, request, sink, params)
+        call = Call(self, request, sink, params, scopes=scopes)
         if request.id in self._in_flight:
             # JSON-RPC ids must be unique among outstanding requests; the running one keeps going.
-            return await self._send(call, None, InvalidRequest(f"id {request.id!r} is in use"))
+            return await self._send(call, None, InvalidRequest(f"id {quote(request.id)} is in use"))
         scope = trio.CancelScope()
         self._in_flight[request.id] = scope
         result: dict[str, Any] | None = None
@@ -295,8 +330,8 @@ def _not_found(call: Call) -> MethodNotFound:
         requested = call.params.get("protocolVersion")
         data: dict[str, Any] = {"supported": list(mcp.ALL_VERSIONS)}
         if isinstance(requested, str):
-            data["requested"] = requested
+            data["requested"] = requested[:QUOTE_CHARS]
         return MethodNotFound(
             f"initialize is not part of {mcp.MODERN_VERSION}; use server/discover", data=data
         )
-    return MethodNotFound(f"method not found: {method}")
+    return MethodNotFound(f"method not found: {quote(method)}")

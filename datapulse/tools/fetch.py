@@ -230,7 +230,8 @@ async def _fetch_once(
 async def _read_preview(response: httpcore.Response, policy: FetchPolicy) -> str:
     """Decode up to ``preview_chars`` characters from at most ``max_bytes`` of decoded body."""
     inflate = _decompressor(_header(response.headers, b"content-encoding"))
-    text = codecs.getincrementaldecoder(_charset(response.headers))(errors="replace")
+    charset = _charset(response.headers)
+    text = codecs.getincrementaldecoder(charset)(errors="replace")
     budget = policy.max_bytes
     pieces: list[str] = []
     chars = 0
@@ -252,6 +253,9 @@ async def _read_preview(response: httpcore.Response, policy: FetchPolicy) -> str
             pieces.append(text.decode(b"", final=True))
     except zlib.error:
         raise ToolError("bad response body: could not decompress it") from None
+    except _DECODE_FAILURES:
+        # Even with errors="replace" some codecs refuse input outright (UTF-16 without a BOM).
+        raise ToolError(f"bad response body: it is not valid {charset}") from None
     finally:
         if not exhausted:  # an await in a finally: shielded, and bounded
             with trio.move_on_after(1, shield=True):
@@ -286,18 +290,31 @@ def _decompressor(encoding: bytes | None) -> _Inflater | None:
     raise ToolError(f"bad response body: unsupported Content-Encoding {name.decode('latin-1')!r}")
 
 
+_DECODE_FAILURES = (UnicodeError, ValueError, TypeError, LookupError)
+"""What a codec may raise on input it cannot take, even with errors="replace"."""
+
+
 def _charset(headers: list[tuple[bytes, bytes]]) -> str:
-    """The Content-Type charset if Python knows it as a text encoding, else UTF-8."""
+    """The Content-Type charset if Python can decode a page with it, else UTF-8.
+
+    The charset is the upstream's to choose, so anything it names is checked here: it must be a
+    text encoding (not ``rot13`` or ``hex``, bytes-to-bytes or str-to-str codecs) whose
+    incremental decoder takes ``errors="replace"`` (``idna`` does not). ``b"".decode(name)``
+    proves nothing: CPython returns "" for empty input without looking the codec up.
+    """
     content_type = (_header(headers, b"content-type") or b"").decode("latin-1")
     for param in content_type.split(";")[1:]:
         key, _, value = param.partition("=")
         if key.strip().lower() == "charset":
             name = value.strip().strip("\"'")
             try:
-                b"".decode(name)  # also rejects bytes-to-bytes codecs such as "hex"
-            except (LookupError, ValueError):
+                info = codecs.lookup(name)
+                if not info._is_text_encoding:
+                    break
+                codecs.getincrementaldecoder(name)(errors="replace").decode(b"", final=True)
+            except _DECODE_FAILURES:
                 break
-            return name
+            return info.name
     return "utf-8"
 
 

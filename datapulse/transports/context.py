@@ -52,6 +52,13 @@ class TransportContext:
             max_batch_items=self.config.max_batch_items,
         )
 
+    @staticmethod
+    def scopes_of(request: Request) -> frozenset[str] | None:
+        """What the token of ``request`` grants, for ``McpSession.handle(..., scopes=)``: every
+        message is judged on the request that carries it, never on the one that made the session.
+        """
+        return enforced_scopes(request.caller.scopes)
+
     def protocol_session(
         self,
         principal: Principal,
@@ -60,7 +67,10 @@ class TransportContext:
         modern: bool = False,
         call_limit: trio.CapacityLimiter | None = None,
     ) -> McpSession:
-        """A protocol session for ``principal`` (one per MCP session, or per modern request)."""
+        """A protocol session for ``principal`` (one per MCP session, or per modern request).
+
+        Its ``scopes`` are those of the request that opened it: what a WebSocket's messages are
+        judged on. HTTP transports pass each request's own (``scopes_of``) to ``handle``."""
         return McpSession(
             self.dispatcher,
             modern=modern,

@@ -9,7 +9,14 @@ Wire format, kept exactly as the seed defined it:
 For ``call_tool`` the tool's arguments are either ``data.arguments`` or, as the seed's examples
 send them, the other keys of ``data`` beside ``name`` (``{"name": "fetch_url", "url": "..."}``).
 
-The envelope is checked synchronously (400/422 naming the field); everything about the tool
+Session ids are the client's: ``session_id=demo`` names the caller's own session ``demo``
+(opened on first use). Every principal has its own namespace of ids (``core.session``), so the
+same id for two principals is two sessions, and nothing another principal does with an id
+(open it first, or not at all) shows. The host program addresses one with
+``Server.publish(id, ..., principal=...)``.
+
+The envelope is checked synchronously (400/422 naming the field, 400 past ``--max-json-depth``:
+a deep value would only fail later, inside the tool's schema check); everything about the tool
 itself (unknown tool, bad arguments, the tool failing) is reported on the stream, because the
 request was accepted and queued. Requests are translated to JSON-RPC (``tools/list``,
 ``tools/call`` with the request id as id and progress token) and run by the same dispatcher as
@@ -27,13 +34,13 @@ import orjson
 from datapulse.auth.verifier import Principal
 from datapulse.core import mcp
 from datapulse.core.eventlog import parse_event_id
+from datapulse.core.jsonrpc import DEFAULT_MAX_DEPTH, too_deep
 from datapulse.core.jsonrpc import Request as JsonRpcRequest
-from datapulse.core.tokens import enforced_scopes
-from datapulse.errors import BadRequest, UnprocessableEntity
+from datapulse.errors import BadRequest, UnprocessableEntity, quote
 from datapulse.live.sessions import LiveSession
 from datapulse.live.stream import SSE_HEADERS
-from datapulse.net.http import Request, Response, StreamingResponse, json_response
-from datapulse.protocol.session import McpSession
+from datapulse.net.http import BodyStream, Request, Response, StreamingResponse, json_response
+from datapulse.protocol.session import McpSession, Scopes
 from datapulse.transports.context import TransportContext, session_id_from
 
 log = logging.getLogger("datapulse.events")
@@ -51,15 +58,17 @@ def resume_point(request: Request) -> int | None:
         return None
     seq = parse_event_id(raw)
     if seq is None:
-        raise BadRequest(f"Last-Event-ID {raw!r} is not an event id of this server")
+        raise BadRequest(f"Last-Event-ID {quote(raw)} is not an event id of this server")
     return seq
 
 
-def parse_message(body: bytes) -> dict[str, Any]:
+def parse_message(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> dict[str, Any]:
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise BadRequest("body is not valid JSON") from None
+    if too_deep(message, max_depth):
+        raise BadRequest(f"JSON nests deeper than {max_depth} levels")
     if not isinstance(message, dict):
         raise UnprocessableEntity("body must be a JSON object")
     for name in ("type", "request_id"):
@@ -91,6 +100,9 @@ class EventsTransport:
     async def get_events(self, request: Request) -> StreamingResponse:
         session_id = session_id_from(request, "session_id")
         resume_after = resume_point(request)
+        if request.method == "HEAD":
+            # What a GET would answer, without opening a session nobody will read.
+            return StreamingResponse(200, list(SSE_HEADERS), _no_body)
         live = await self.sessions.get_or_create(session_id, request.caller.id, KIND)
         self.context.auth.bind_ticket(request, live.id, KIND)
         # A partial, not a closure: it is held by every idle stream, and is smaller.
@@ -101,15 +113,17 @@ class EventsTransport:
         session_id = session_id_from(request, "session_id")
         principal = request.caller
         live = await self.sessions.get(session_id, principal.id, KIND)
-        message = parse_message(request.body)
+        message = parse_message(request.body, self.context.config.max_json_depth)
         if message["type"] == "call_tool":
             # Checked before queueing: a missing scope is a 403 step-up challenge, not a
             # stream error (the token, not the request, must change).
             self.context.auth.require_tool_scope(request, message["data"].get("name"))
         protocol = self._protocol(live, principal)
+        # This request's token, kept with its message (a later request's must not count).
+        scopes = self.context.scopes_of(request)
 
         async def run() -> None:
-            await self._run(live, protocol, message)
+            await self._run(live, protocol, message, scopes)
 
         self.sessions.spawn(live, run)
         return json_response(202, {"status": "queued", "request_id": message["request_id"]})
@@ -123,12 +137,11 @@ class EventsTransport:
             protocol.initialized = True
             protocol.protocol_version = mcp.LATEST_HANDSHAKE_VERSION
             live.protocol = protocol
-        else:
-            # The latest request's token counts (it may carry more scopes after a step-up).
-            protocol.scopes = enforced_scopes(principal.scopes)
         return protocol
 
-    async def _run(self, live: LiveSession, protocol: McpSession, message: dict[str, Any]) -> None:
+    async def _run(
+        self, live: LiveSession, protocol: McpSession, message: dict[str, Any], scopes: Scopes
+    ) -> None:
         """Translate one original-API request to JSON-RPC, run it, translate the replies back."""
         request_id = message["request_id"]
         sessions = self.sessions
@@ -137,7 +150,7 @@ class EventsTransport:
             cursor = None
             while True:
                 params: dict[str, Any] = {"cursor": cursor} if cursor else {}
-                reply = await self._call(protocol, request_id, "tools/list", params, live)
+                reply = await self._call(protocol, request_id, "tools/list", params, live, scopes)
                 if "error" in reply:
                     await sessions.publish(live, _error(request_id, reply["error"]["message"]))
                     return
@@ -159,7 +172,7 @@ class EventsTransport:
             "arguments": tool_arguments(data),
             "_meta": {"progressToken": request_id},
         }
-        reply = await self._call(protocol, request_id, "tools/call", params, live)
+        reply = await self._call(protocol, request_id, "tools/call", params, live, scopes)
         if reply is None:
             return  # cancelled: nothing to say
         if "error" in reply:
@@ -181,6 +194,7 @@ class EventsTransport:
         method: str,
         params: dict[str, Any],
         live: LiveSession,
+        scopes: Scopes,
     ) -> Any:
         """Run one JSON-RPC request through the dispatcher; progress goes out as it happens."""
         reply: list[Any] = []
@@ -204,7 +218,7 @@ class EventsTransport:
             elif "method" not in decoded:
                 reply.append(decoded)
 
-        await protocol.handle(JsonRpcRequest(request_id, method, params), sink)
+        await protocol.handle(JsonRpcRequest(request_id, method, params), sink, scopes=scopes)
         return reply[0] if reply else None
 
 
@@ -223,3 +237,7 @@ def _output(result: dict[str, Any]) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
+
+
+async def _no_body(out: BodyStream) -> None:
+    """HEAD: the connection writes only the head and never calls this."""

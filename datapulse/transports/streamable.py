@@ -13,8 +13,13 @@ Handshake era
   response becomes an SSE stream (priming event for 2025-11-25 clients, keep-alive pings) that
   ends after the reply. Ids are ``<stream>-<seq>``, so a client that lost the stream resumes it
   with ``GET`` + ``Last-Event-ID``. ``--json-response`` forces JSON always.
-* ``GET`` opens the session's standalone stream (one at a time: 409 for a second); ``DELETE``
-  ends the session.
+* ``GET`` opens the session's standalone stream. One at a time: a second GET takes over (the
+  older stream gets the SSE comment ``: close {"reason":"superseded"}`` and ends where it is, the
+  newer one carries on from there), so a client whose stream died at a proxy before we noticed
+  is not locked out of its session. ``DELETE`` ends the session.
+* Every POST is judged on its own token: a ``tools/call`` is checked against the scopes of the
+  request that carries it (``TransportContext.scopes_of``), not those of the one that made the
+  session, also when it runs later in the session's task.
 
 2026-07-28
 * No session: each POST carries its version, client info and capabilities in ``params._meta``
@@ -30,6 +35,7 @@ raise (an error raised after the request's id was read carries it as ``exc.reque
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any
 
 import trio
@@ -46,18 +52,18 @@ from datapulse.core.media import accepts
 from datapulse.core.sse import encode_data, encode_retry
 from datapulse.errors import (
     BadRequest,
-    Conflict,
     DatapulseError,
     MethodNotAllowed,
     NotAcceptable,
     UnsupportedMediaType,
+    quote,
 )
-from datapulse.live.sessions import LiveSession
+from datapulse.live.sessions import LiveSession, SessionManager
 from datapulse.live.stream import SSE_HEADERS, LocalLog, LogStream, control_comment
 from datapulse.net.http import JSON_HEADERS, BodyStream, Response, StreamingResponse
 from datapulse.net.http import Request as HttpRequest
 from datapulse.protocol.call import MessageSink
-from datapulse.protocol.session import McpSession
+from datapulse.protocol.session import McpSession, Scopes
 from datapulse.protocol.state import ProtocolState
 from datapulse.store.base import LogKey, UnknownLog
 from datapulse.transports.context import TransportContext, checked_session_id
@@ -113,7 +119,7 @@ class StreamableTransport:
         if protocol is None:
             # Not created here (or forgotten): continue from the state the store holds.
             protocol = self.context.protocol_session(principal, session_id=live.id)
-            saved = await self.sessions.store.load_protocol(live.id)
+            saved = await self.sessions.store.load_protocol(live.key)
             if saved is not None:
                 protocol.state = ProtocolState.from_dict(saved)
             live.protocol = protocol
@@ -132,13 +138,14 @@ class StreamableTransport:
             raise BadRequest("Mcp-Session-Id header required (initialize first)")
         live, protocol = await self._session(request)
         parsed = self._parse(request, allow_batch=protocol.batches_allowed)
+        scopes = self.context.scopes_of(request)
         if isinstance(parsed, list):
-            return await self._batch(live, protocol, parsed)
+            return await self._batch(live, protocol, parsed, scopes)
         if not isinstance(parsed, Request):
-            await protocol.handle(parsed, _discard)
+            await protocol.handle(parsed, _discard, scopes=scopes)
             await self.sessions.save_protocol(live)
             return Response(202, [], b"")
-        return await self._request(live, protocol, parsed)
+        return await self._request(live, protocol, parsed, scopes)
 
     async def _initialize(self, request: HttpRequest, message: Request) -> Response:
         principal = request.caller
@@ -160,7 +167,7 @@ class StreamableTransport:
         return Response(200, [*JSON_HEADERS, ("Mcp-Session-Id", live.id)], body)
 
     async def _request(
-        self, live: LiveSession, protocol: McpSession, message: Request
+        self, live: LiveSession, protocol: McpSession, message: Request, scopes: Scopes
     ) -> Response | StreamingResponse:
         cfg = self.config
         sessions = self.sessions
@@ -174,7 +181,7 @@ class StreamableTransport:
             async def answer() -> None:
                 replied = False
                 try:
-                    replied = await self._handle_request(protocol, message, note)
+                    replied = await self._handle_request(protocol, message, note, scopes)
                     await sessions.save_protocol(live)
                 finally:
                     progress.finish(replied=replied)
@@ -182,36 +189,40 @@ class StreamableTransport:
             sessions.spawn(live, answer)
             await progress.wait(first_message=False)
             return json_reply(progress)
-        key = await sessions.open_request_log(live)
+        log = _RequestLog(sessions, live)
 
         async def sink(data: bytes) -> None:
-            await sessions.push(live, key, data)
+            await log.push(data)
             progress.note(data)
 
         async def run() -> None:
             replied = False
             try:
-                replied = await self._handle_request(protocol, message, sink)
+                replied = await self._handle_request(protocol, message, sink, scopes)
                 await sessions.save_protocol(live)
             finally:
                 progress.finish(replied=replied)
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await sessions.finish_request_log(live, key)
+                if log.finish():  # the log is in the store: close it there, even when cancelled
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        await log.close()
 
         sessions.spawn(live, run)
         with trio.move_on_after(JSON_WAIT_S):
             await progress.wait(first_message=True)
         if progress.done and progress.messages == 1:
-            await sessions.store.drop_log(key)  # answered in full; nothing to resume
-            return json_reply(progress)
+            return json_reply(progress)  # answered in full: its log was never needed
+        key = await log.open()
         priming = mcp.version_at_least(protocol.protocol_version, "2025-11-25")
         return self._sse_reply(live, key, priming=priming)
 
     @staticmethod
-    async def _handle_request(protocol: McpSession, message: Request, sink: MessageSink) -> bool:
-        """Run a handshake-era request; True once its response went to ``sink`` (always, unless
-        it failed: a cancelled request is answered REQUEST_CANCELLED)."""
-        outcome = await protocol.handle(message, sink)
+    async def _handle_request(
+        protocol: McpSession, message: Request, sink: MessageSink, scopes: Scopes
+    ) -> bool:
+        """Run a handshake-era request, judged on ``scopes`` (its own POST's); True once its
+        response went to ``sink`` (always, unless it failed: a cancelled request is answered
+        REQUEST_CANCELLED)."""
+        outcome = await protocol.handle(message, sink, scopes=scopes)
         if not outcome.responded:
             await sink(encode_error(message.id, REQUEST_CANCELLED, "request cancelled"))
         return True
@@ -230,12 +241,14 @@ class StreamableTransport:
 
         return StreamingResponse(200, list(SSE_HEADERS), body)
 
-    async def _batch(self, live: LiveSession, protocol: McpSession, items: list[Any]) -> Response:
+    async def _batch(
+        self, live: LiveSession, protocol: McpSession, items: list[Any], scopes: Scopes
+    ) -> Response:
         if all(
             isinstance(i, Notification) or not isinstance(i, Request | InvalidRequest)
             for i in items
         ):
-            await protocol.handle_batch(items, _discard)
+            await protocol.handle_batch(items, _discard, scopes=scopes)
             await self.sessions.save_protocol(live)
             return Response(202, [], b"")
         replies: list[bytes] = []
@@ -244,7 +257,7 @@ class StreamableTransport:
             if is_response(data):
                 replies.append(data)
 
-        await protocol.handle_batch(items, collect)
+        await protocol.handle_batch(items, collect, scopes=scopes)
         await self.sessions.save_protocol(live)
         return Response(200, list(JSON_HEADERS), b"[" + b",".join(replies) + b"]")
 
@@ -342,13 +355,13 @@ class StreamableTransport:
             return await self._resume_request_stream(live, last_event_id)
         resume_after = parse_event_id(last_event_id) if last_event_id else None
         if last_event_id and resume_after is None:
-            raise BadRequest(f"Last-Event-ID {last_event_id!r} is not ours")
-        if live.stream is not None:
-            raise Conflict("this session already has a GET stream open")
+            raise BadRequest(f"Last-Event-ID {quote(last_event_id)} is not ours")
 
         async def body(out: BodyStream) -> None:
+            # A newer GET takes over from the stream attached now, if any (exclusive: what the
+            # old one had not sent goes out on this one only).
             await self.sessions.stream_session(
-                live, out, resume_after=resume_after, control=control_comment
+                live, out, resume_after=resume_after, control=control_comment, exclusive=True
             )
 
         return StreamingResponse(200, list(SSE_HEADERS), body)
@@ -359,7 +372,7 @@ class StreamableTransport:
         number_text, _, seq_text = last_event_id.partition("-")
         number, seq = parse_event_id(number_text), parse_event_id(seq_text)
         if number is not None and number > 0 and seq is not None:
-            key = LogKey(live.id, number)
+            key = LogKey(live.key, number)
             try:
                 await self.sessions.store.last_seq(key)
             except UnknownLog:
@@ -367,7 +380,7 @@ class StreamableTransport:
             else:
                 return self._sse_reply(live, key, priming=False, after=seq)
         # Not 404: that would tell the client its whole session is gone.
-        raise BadRequest(f"stream of event {last_event_id} is no longer held")
+        raise BadRequest(f"stream of event {quote(last_event_id)} is no longer held")
 
     async def delete(self, request: HttpRequest) -> Response:
         if self._is_modern(request):
@@ -375,6 +388,49 @@ class StreamableTransport:
         live, _ = await self._session(request)
         await self.sessions.close(live, "session_deleted")
         return Response(200, [], b"")
+
+
+class _RequestLog:
+    """A handshake-era request's messages: held here until its POST commits to an SSE answer,
+    then in the store, where a GET with ``Last-Event-ID`` can resume them on any instance.
+
+    Most requests are answered as bare JSON within ``JSON_WAIT_S`` and never need a log: they
+    cost the store nothing. Exactly one of ``open`` (the POST) and ``finish``/``close`` (the
+    request's task) closes the log in the store, whichever sees the other's step: neither awaits
+    between setting its flag and reading the other's.
+    """
+
+    def __init__(self, sessions: SessionManager, live: LiveSession) -> None:
+        self._sessions = sessions
+        self._live = live
+        self._held: deque[bytes] = deque()
+        self._key: LogKey | None = None
+        self._finished = False
+
+    async def push(self, data: bytes) -> None:
+        if self._key is None:
+            self._held.append(data)
+        else:
+            await self._sessions.push(self._live, self._key, data)
+
+    async def open(self) -> LogKey:
+        key = await self._sessions.open_request_log(self._live)
+        while self._held:  # messages may still arrive while we copy: until none is left
+            await self._sessions.push(self._live, key, self._held.popleft())
+        self._key = key
+        if self._finished:
+            await self._sessions.finish_request_log(self._live, key)
+        return key
+
+    def finish(self) -> bool:
+        """The request is done; True if its log is in the store and must be closed there (the
+        common case, a bare JSON answer, needs no await at all)."""
+        self._finished = True
+        return self._key is not None
+
+    async def close(self) -> None:
+        assert self._key is not None
+        await self._sessions.finish_request_log(self._live, self._key)
 
 
 class _SharedLimit:

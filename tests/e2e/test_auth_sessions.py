@@ -45,13 +45,15 @@ async def test_events_session_is_invisible_to_another_principal(
                 http.stream("GET", "/events?session_id=shared", headers=owner)
             )
             assert stream.status_code == 200
-            assert (await http.get("/events?session_id=shared", headers=other)).status_code == 404
+            # Issue 12 (8): the other's GET of "shared" is its own session (was: 404, which
+            # told it the owner's id exists), so its POST finds that one and not the owner's.
+            assert (await http.head("/events?session_id=shared", headers=other)).status_code == 200
             post = await http.post("/message?session_id=shared", headers=other, json=call)
             assert post.status_code == 404
             # A ticket does not help: it speaks for the principal that asked for it.
             ticket = (await http.post("/tickets", headers=other)).json()["ticket"]
-            by_ticket = await http.get(f"/events?session_id=shared&ticket={ticket}")
-            assert by_ticket.status_code == 404
+            async with http.stream("GET", f"/events?session_id=shared&ticket={ticket}") as theirs:
+                assert theirs.status_code == 200
             # The owner is unaffected.
             assert (
                 await http.post("/message?session_id=shared", headers=owner, json=call)

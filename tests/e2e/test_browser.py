@@ -126,7 +126,10 @@ class Harness:
                 }
                 response = await http.post(f"/message?session_id={SESSION}", json=body)
                 assert response.status_code == 202
-        while await self.server.store.last_seq(LogKey(SESSION)) < numbers[-1]:
+        live = self.server.sessions.lookup(SESSION)
+        assert live is not None
+        # The store names a client-chosen id by its owner too (issue 12): live.key, not SESSION.
+        while await self.server.store.last_seq(LogKey(live.key)) < numbers[-1]:
             await trio.sleep(0.01)
 
 

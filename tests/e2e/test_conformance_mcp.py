@@ -396,21 +396,26 @@ async def test_c51_get_without_sse_in_accept_is_406(env: Env, accept: str) -> No
     assert response.status_code == 406
 
 
-async def test_c53_c55_second_get_is_409_and_the_first_keeps_working(env: Env) -> None:
+async def test_c53_c55_second_get_takes_over_and_gets_the_notifications(env: Env) -> None:
+    # Issue 12 (11): a second GET used to be 409, locking out a client whose first stream died
+    # at a proxy unnoticed. Now the newer stream takes over and the older one is told why.
     headers = await initialize(env)
     sid = headers["Mcp-Session-Id"]
     async with env.http.stream("GET", "/mcp", headers=headers) as first:
         reader = SSEReader(first)
         await reader.read_until(b"retry:")  # attached
-        second = await env.http.get("/mcp", headers=headers)
-        assert second.status_code == 409
-        assert session_of(second) is None
-        # c55: a server-initiated notification reaches the (first, still open) GET stream.
-        await env.server.publish(
-            sid, {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
-        )
-        event = await reader.next_data()
-        assert orjson.loads(event.data or "")["method"] == "notifications/tools/list_changed"
+        async with env.http.stream("GET", "/mcp", headers=headers) as second:
+            assert second.status_code == 200
+            assert session_of(second) is None
+            await reader.read_until(b': close {"reason":"superseded"}')
+            newer = SSEReader(second)
+            await newer.read_until(b"retry:")
+            # c55: a server-initiated notification reaches the (newer) GET stream.
+            await env.server.publish(
+                sid, {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+            )
+            event = await newer.next_data()
+            assert orjson.loads(event.data or "")["method"] == "notifications/tools/list_changed"
 
 
 async def test_c54_get_without_session_is_400_and_opens_nothing(env: Env) -> None:

@@ -262,8 +262,10 @@ async def test_sessions_are_bound_to_their_principal(nursery: trio.Nursery) -> N
                 headers=bob,
             )
             assert response.status_code == 404
-            response = await client.get("/events?session_id=shared", headers=bob)
-            assert response.status_code == 404
+            # Issue 12 (8): ids are per principal, so this is bob's own "shared" (was: 404,
+            # which told bob that alice's id exists).
+            async with client.stream("GET", "/events?session_id=shared", headers=bob) as theirs:
+                assert theirs.status_code == 200
 
 
 async def test_session_expires_after_ttl_and_is_swept(nursery: trio.Nursery) -> None:

@@ -6,7 +6,7 @@ Limits already covered elsewhere are not repeated here: connections in all (503,
 ``test_http.py::test_header_block_too_large_431`` / ``test_too_many_header_fields_431``), the
 request read time (408, ``test_http.py::test_slowloris_gets_408_and_close``) and one stream per
 session (``test_events_api.py::test_second_get_supersedes_the_first``,
-``test_mcp_conformance.py::test_c53_c55_second_get_is_409_and_the_first_keeps_working``).
+``test_conformance_mcp.py::test_c53_c55_second_get_takes_over_and_gets_the_notifications``).
 """
 
 from __future__ import annotations
