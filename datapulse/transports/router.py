@@ -55,6 +55,9 @@ class Route:
     errors: ErrorStyle = ErrorStyle.HTTP
     ticket_methods: set[str] = field(default_factory=set)
     """Methods that may authenticate with ``?ticket=`` (browser streams) instead of the header."""
+    admitted: dict[str, Handler] = field(default_factory=dict)
+    """The body-phase callable per method, made once: ``admit`` hands the same one to every
+    request (an idle stream's connection holds it for as long as the stream is open)."""
 
     @property
     def allow(self) -> list[str]:
@@ -118,7 +121,10 @@ class Router:
         except Exception:
             log.exception("unhandled error before %s %s", request.method, request.path)
             return self._finish(request, internal_error_response())
-        return partial(self._handle, route, handler)
+        admitted = route.admitted.get(request.method)
+        if admitted is None:
+            admitted = route.admitted[request.method] = partial(self._handle, route, handler)
+        return admitted
 
     async def _handle(self, route: Route, handler: Handler, request: Request) -> AppResponse:
         """The body phase: the admitted request's handler, inside the error boundary."""
