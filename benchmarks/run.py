@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from benchmarks import plots, summary
+from benchmarks import summary
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.scenarios.base import Context, Progress
 from benchmarks.servers import (
@@ -309,6 +309,11 @@ def write_outputs(out_dir: Path, results: dict[str, Any], progress: Progress) ->
     compact, full = summary.render(results)
     (out_dir / "summary.md").write_text(full)
     try:
+        # Imported here: matplotlib comes with benchmarks/requirements.txt, not the test extra,
+        # and everything else of the runner (its options, tests/e2e/test_bench_baseline.py)
+        # must work without it.
+        from benchmarks import plots
+
         made = plots.render_all(results, out_dir / "plots")
         progress(f"plots: {len(made)} PNGs in {out_dir / 'plots'}")
     except Exception as exc:  # plots are a view; the JSON must survive a plotting bug
