@@ -89,6 +89,7 @@ async def run(config: Config) -> None:
             # for tens of ms (docs/benchmarks.md). The CLI owns the process; an embedding host
             # decides this for its own.
             gc.freeze()
+            log.debug("%d start-up objects frozen out of the collector", gc.get_freeze_count())
             announce(info, config)
 
     async with trio.open_nursery() as nursery:

@@ -88,3 +88,31 @@ async def test_cli_generates_a_token_serves_and_exits_0_on_sigterm() -> None:
         with trio.fail_after(10):
             await proc.wait()
         assert proc.returncode == 0
+
+
+async def test_the_cli_freezes_its_start_up_objects_out_of_the_collector() -> None:
+    """Full collections then skip the modules and the app (docs/benchmarks.md: one falling
+    inside the fan-out window stalled every stream for ~40 ms)."""
+    env = {k: v for k, v in os.environ.items() if k != "LOCAL_BEARER_TOKEN"}
+    async with trio.open_nursery() as nursery:
+        proc = await nursery.start(
+            lambda task_status=trio.TASK_STATUS_IGNORED: trio.run_process(
+                [sys.executable, "-m", "datapulse", "--port", "0", "--log-level", "DEBUG"],
+                stderr=subprocess.PIPE,
+                env=env,
+                check=False,
+                task_status=task_status,
+            )
+        )
+        assert proc.stderr is not None
+        text = b""
+        with trio.fail_after(15):
+            while b"bearer token" not in text:
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, text
+                text += chunk
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            await proc.wait()
+    frozen = re.search(rb"(\d+) start-up objects frozen", text)
+    assert frozen and int(frozen.group(1)) > 10_000, text.decode()[-2000:]
