@@ -254,23 +254,29 @@ def render_all(results: dict[str, Any], out_dir: Path) -> list[Path]:
             "Ping jitter: ping gap minus interval",
             "ms late",
         ),
-        _bar_figure(
-            results,
-            out_dir / "fanout_throughput.png",
-            "fanout",
-            ("events_per_s",),
-            ("events/s",),
-            "Fan-out: delivered events per second",
-            "events/s",
-        ),
-        _bar_figure(
-            results,
-            out_dir / "fanout_latency.png",
-            "fanout",
-            ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_max"),
-            ("p50", "p90", "p99", "max"),
-            "Fan-out: POST sent -> event on stream",
-            "ms",
+        *(
+            figure
+            for scenario, title in (("fanout", "Fan-out"), ("fanout_steady", "Steady fan-out"))
+            for figure in (
+                _bar_figure(
+                    results,
+                    out_dir / f"{scenario}_throughput.png",
+                    scenario,
+                    ("events_per_s",),
+                    ("events/s",),
+                    f"{title}: delivered events per second",
+                    "events/s",
+                ),
+                _bar_figure(
+                    results,
+                    out_dir / f"{scenario}_latency.png",
+                    scenario,
+                    ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_max"),
+                    ("p50", "p90", "p99", "max"),
+                    f"{title}: POST sent -> event on stream",
+                    "ms",
+                ),
+            )
         ),
         _bar_figure(
             results,
@@ -301,7 +307,7 @@ def render_all(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ),
         _slow_timeline(results, out_dir / "slow_rss_timeline.png"),
     ]
-    for scenario in ("idle", "ping", "fanout", "rpc", "slow"):
+    for scenario in ("idle", "ping", "fanout", "fanout_steady", "rpc", "slow"):
         made.append(_cpu_figure(results, out_dir / f"cpu_{scenario}.png", scenario))
     return [p for p in made if p is not None]
 

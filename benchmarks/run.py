@@ -4,11 +4,14 @@
     python -m benchmarks.run                              # full sizes (1k..20k streams, ...)
     python -m benchmarks.run --quick --scenarios rpc --servers fastapi datapulse
     python -m benchmarks.run --quick --scenarios idle --servers datapulse --baseline main
+    python -m benchmarks.run --quick --scenarios fanout_steady --servers datapulse --profile
 
 Progress goes to stderr. Results go to ``<out>/<timestamp>[-quick]/``: ``results.json`` (per-round
 raw figures, median, spread, datapulse/peer ratios), ``summary.md``, ``plots/*.png`` and
 ``logs/`` (server and worker output); ``<out>/latest`` points at the newest run. A server that
 cannot start is skipped -- loudly, here and in the JSON -- and the rest of the run goes on.
+``--profile`` attaches py-spy to datapulse servers for each fan-out trial's measured phase and
+writes ``profiles/<server>-<scenario>-<variant>.txt`` (see benchmarks/profiling.py).
 See docs/benchmarks.md for what each scenario measures and how to read it.
 """
 
@@ -30,8 +33,8 @@ from typing import Any
 
 import trio
 
-from benchmarks import summary
-from benchmarks.scenarios import SCENARIOS
+from benchmarks import profiling, summary
+from benchmarks.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 from benchmarks.scenarios.base import Context, Progress
 from benchmarks.servers import (
     REPO_ROOT,
@@ -55,9 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         nargs="+",
-        default=list(SCENARIOS),
+        default=list(DEFAULT_SCENARIOS),
         metavar="NAME",
-        help=f"any of {', '.join(SCENARIOS)} (default: all)",
+        help=f"any of {', '.join(SCENARIOS)} (default: {', '.join(DEFAULT_SCENARIOS)})",
     )
     parser.add_argument(
         "--servers",
@@ -78,6 +81,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="REV",
         help="also run datapulse as it was at git revision REV (from a temporary worktree), "
         "as server datapulse@<short REV>; needs datapulse among --servers",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample datapulse servers with py-spy during each fan-out trial's measured phase; "
+        "tables in <run>/profiles/ (figures of profiled trials are for attribution only)",
+    )
+    parser.add_argument(
+        "--profile-rate",
+        type=int,
+        default=profiling.DEFAULT_RATE_HZ,
+        metavar="HZ",
+        help=f"py-spy samples per second with --profile (default: {profiling.DEFAULT_RATE_HZ})",
     )
     parser.add_argument("--rounds", type=int, default=None, help="default: 2 quick, 3 full")
     parser.add_argument(
@@ -104,8 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.rounds is None:
         args.rounds = 2 if args.quick else 3
-    if args.rounds < 1 or args.workers < 1:
-        parser.error("--rounds and --workers must be >= 1")
+    if args.rounds < 1 or args.workers < 1 or args.profile_rate < 1:
+        parser.error("--rounds, --workers and --profile-rate must be >= 1")
     return args
 
 
@@ -210,6 +226,13 @@ async def run_suite(args: argparse.Namespace, baseline: ServerSpec | None = None
 
     recorder = Recorder(args.rounds)
     ctx = Context(out_dir, args.quick, args.rounds, args.workers, recorder, progress)
+    ctx.profile, ctx.profile_rate_hz = args.profile, args.profile_rate
+    if args.profile:
+        profiled = [n for n in args.scenarios if n.startswith("fanout")]
+        if not profiled:
+            progress.loud("--profile: only the fanout scenarios are profiled; none is selected")
+        elif profiling.py_spy() is None:
+            progress.loud("--profile: py-spy not found; trials run without a profile")
     results: dict[str, Any] = {
         "schema": 1,
         "meta": {
@@ -217,6 +240,7 @@ async def run_suite(args: argparse.Namespace, baseline: ServerSpec | None = None
             "quick": args.quick,
             "rounds": args.rounds,
             "workers": args.workers,
+            "profile_rate_hz": args.profile_rate if args.profile else None,
             "argv": sys.argv[1:],
             "machine": machine_info(fd_limit),
         },

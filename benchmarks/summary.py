@@ -15,6 +15,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "idle": ("rss_per_stream_kib", "opens_per_s", "failed"),
     "ping": ("cpu_s_per_1k_streams_min", "ping_late_ms_p99", "pings_delivered_pct"),
     "fanout": ("events_per_s", "latency_ms_p50", "latency_ms_p99", "latency_ms_max"),
+    "fanout_steady": ("events_per_s", "latency_ms_p50", "latency_ms_p99", "latency_ms_max"),
     "rpc": ("requests_per_s", "latency_ms_p50", "latency_ms_p99", "client_cpu_pct"),
     "slow": ("rss_peak_growth_mib", "kernel_sendq_peak_mib", "accepted_per_s", "streams_cut"),
 }

@@ -45,6 +45,8 @@ class Context:
     progress: Progress
     trial_label: str = ""
     notes: list[str] = field(default_factory=list)
+    profile: bool = False  # --profile: py-spy on datapulse servers (benchmarks/profiling.py)
+    profile_rate_hz: int = 500
 
     def server_log(self, spec: ServerSpec) -> Path:
         return self.out_dir / "logs" / f"server-{spec.name}.log"

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from benchmarks import profiling
 from benchmarks.scenarios.base import (
     Context,
     Meter,
@@ -65,8 +66,9 @@ class Params:
 
 
 async def run_trial(
-    ctx: Context, p: Params, spec: ServerSpec, kind: str, round_index: int
+    ctx: Context, p: Params, spec: ServerSpec, kind: str, round_index: int, name: str = NAME
 ) -> dict[str, Any]:
+    """One trial; ``name`` is the scenario it is recorded under (``fanout_steady`` reuses it)."""
     async with run_server(
         spec, ping_interval_s=p.ping_interval_s, log_path=ctx.server_log(spec)
     ) as server:
@@ -87,16 +89,17 @@ async def run_trial(
             }
             for i, count in enumerate(split(p.streams, ctx.workers))
         ]
-        async with start_workers(jobs, ctx.worker_log(NAME)) as pool:
+        async with start_workers(jobs, ctx.worker_log(name)) as pool:
             opened_reports = await pool.gather("opened", p.open_budget_s + 30)
             await pool.command("warm")
             await pool.gather("warmed", p.timeout_s + 30)
             await trio.sleep(0.5)
-            meter = Meter(server)
-            meter.start()
-            await pool.command("start")
-            reports = await pool.gather("result", 2 * p.timeout_s + 30)
-            cpu = meter.stop()
+            async with profiling.sampling(ctx, server, name, kind, round_index) as sampler:
+                meter = Meter(server)
+                meter.start()
+                await pool.command("start")
+                reports = await pool.gather("result", 2 * p.timeout_s + 30)
+                cpu = meter.stop()
     opened = sum(r["opened"] for r in opened_reports)
     received = sum(r["received"] for r in reports)
     expected = sum(r["expected"] for r in reports)
@@ -122,7 +125,17 @@ async def run_trial(
         **client_cpu(reports),
     }
 
-    put = figure_recorder(ctx, NAME, spec.name, kind, round_index, p.param)
+    profile = sampler.write_report(
+        {"delivered event": received, "request": row["sent"]},
+        f"{p.param}: {received} events delivered, {row['sent']} POSTs, "
+        f"{fmt(row['events_per_s'], '.0f')} events/s, server CPU (psutil) "
+        f"{fmt(cpu['server_cpu_s'], '.2f')} s = "
+        f"{fmt(1e6 * (cpu['server_cpu_s'] or 0) / received if received else None, '.0f')} us "
+        "per delivered event",
+    )
+    if profile is not None:
+        row["profile"] = profile
+    put = figure_recorder(ctx, name, spec.name, kind, round_index, p.param)
 
     put("events_per_s", row["events_per_s"], "events/s", "higher")
     for q in ("p50", "p90", "p99", "max"):
