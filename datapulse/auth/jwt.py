@@ -38,7 +38,9 @@ from joserfc.errors import (
 from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import JWSRegistry
 
-from datapulse.auth.jwks import JwksCache, KiB, require_secure_url
+from datapulse.auth.discovery import require_secure_url
+from datapulse.auth.idp_fetch import KiB
+from datapulse.auth.jwks import JwksCache
 from datapulse.auth.verifier import Principal, bearer_token
 from datapulse.config import Config
 from datapulse.core.tokens import (

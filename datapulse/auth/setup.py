@@ -11,7 +11,7 @@ crash-loop them all.
 
 from __future__ import annotations
 
-from datapulse.auth.jwks import KeySourceError
+from datapulse.auth.idp_fetch import KeySourceError
 from datapulse.auth.jwt import JwtSettings, JwtVerifier
 from datapulse.auth.verifier import BearerVerifier, ChainVerifier, Principal, Verifier
 from datapulse.config import Config

@@ -1,27 +1,19 @@
-"""One HTTP/1.1 connection: the h11 read/respond loop, its timeouts and limits.
+"""One HTTP/1.1 connection: the h11 loop that answers its requests, one at a time.
 
-``serve_connection`` owns the stream from accept to close. It reads one request at a time (h11
-keeps pipelined bytes buffered for the next cycle), hands it to the application, writes the
-response, and loops while h11 says the connection can be reused.
+``serve_connection`` owns the stream from accept to close. Each cycle, the connection's
+``RequestReader`` (net/reading.py) reads a request's head under the limits and deadlines, has the
+app admit it and reads its body; the connection then answers it, and loops while h11 says the
+connection can be reused (h11 keeps pipelined bytes buffered for the next cycle).
 
-A request is served in two phases, so that nobody can make us hold a body we would refuse:
-* the head: the app's ``admit`` (the router: Origin/Host, route, authentication) sees the
-  request before a byte of its body is read. A ``Response`` from it is sent at once, and the
-  body is never read: a request that has one is answered ``Connection: close`` and what it
-  still sends is dropped unread (``_linger``). ``100 Continue`` is sent only to an admitted head;
-* the body: read under the limits, then the handler ``admit`` returned answers the request.
-An app that is a plain function (tests) admits every head.
+Who owns what: ``HTTPConnection`` owns the stream, the h11 state machine and the
+``SocketWriter`` (net/writer.py; every write goes through it, and ``write_timeout_s`` bounds each
+one: expiry closes, a peer that stopped reading); reading owns the current request's read state;
+net/heads.py builds the response heads it sends; net/body.py is a streamed body. The server that
+accepted the connection is its ``ConnectionHost`` (net/server.py), told when it opens and closes.
 
-Badly framed requests are refused before the app sees them (400, close; net/framing.py), and no
-detail or log line carries a byte of the request.
-
-Timeouts, and what the client sees:
-* waiting for the first byte of a request: ``keepalive_timeout_s`` (the first request of a
-  connection gets ``read_timeout_s``); expiry closes silently, as an idle keep-alive should;
-* from the first byte to the end of the body: ``read_timeout_s`` (the time the app takes to
-  admit the head is not counted); expiry answers 408 and closes, so a slowloris client holds a
-  connection for a bounded time;
-* each socket write: ``write_timeout_s``; expiry closes (a peer that stopped reading).
+A head the app refuses is answered at once (``answer_head``): a request with a body is answered
+``Connection: close`` and what it still sends is dropped unread (``_linger``). A refusal of the
+reader (timeout, too large, malformed) is answered with raw bytes and closes.
 
 Noticing that the client left, without a second task where none is needed:
 * a streamed body reads the socket itself while it idles (``BodyStream.wait``, in net/body.py):
@@ -30,34 +22,22 @@ Noticing that the client left, without a second task where none is needed:
   watcher beside them: EOF cancels the tasks and the response;
 * a plain answer needs neither: it finishes quickly, and a failed write ends it anyway.
 Bytes that arrive meanwhile (a pipelined request) are fed to h11 for the next cycle.
-
-Every write goes through the connection's ``SocketWriter`` (net/writer.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from email.utils import formatdate
 from functools import partial
-from http import HTTPStatus
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import h11
 import trio
 
 from datapulse.config import Config
-from datapulse.errors import (
-    BadRequest,
-    DatapulseError,
-    HeadersTooLarge,
-    PayloadTooLarge,
-    RequestTimeout,
-)
+from datapulse.errors import DatapulseError
 from datapulse.net.body import RECEIVE_SIZE, ResponseBody
-from datapulse.net.framing import announced_body, describe_protocol_error
+from datapulse.net.heads import complete_response, response_head, response_headers
 from datapulse.net.http import (
     AppResponse,
     Handler,
@@ -67,50 +47,16 @@ from datapulse.net.http import (
     Upgrade,
     encode_raw_response,
 )
+from datapulse.net.reading import App, RequestReader, StagedApp
 from datapulse.net.upgrade import ReplayStream, request_head
 from datapulse.net.writer import ClientGone, SocketWriter
 
+__all__ = ["App", "ConnectionHost", "HTTPConnection", "StagedApp", "serve_connection"]
+
 log = logging.getLogger("datapulse.http")
 
-
-@runtime_checkable
-class StagedApp(Protocol):
-    """An app that decides on a request's head, before its body is read (the router)."""
-
-    async def admit(self, request: Request) -> Response | Handler:
-        """The response to send now, the body unread (a refusal, a preflight); or the handler
-        that answers once the body is in. Answers every error itself (the error boundary)."""
-        ...
-
-
-App = Handler | StagedApp
-"""What a connection serves: a ``StagedApp``, or a plain handler (which admits every head)."""
-
-SERVER_HEADER = ("Server", "datapulse")
-CLOSE_HEADER = ("Connection", "close")
 LINGER_S = 2.0
 """How long a refused request's unread body is drained (and dropped) before the close."""
-
-
-def _admit_every_head(handler: Handler) -> Callable[[Request], Awaitable[Response | Handler]]:
-    async def admit(request: Request) -> Response | Handler:
-        return handler
-
-    return admit
-
-
-class _DateCache:
-    """RFC 9110 wants a Date header; formatting it once per second instead of per response."""
-
-    second = -1
-    value = ""
-
-    @classmethod
-    def now(cls) -> str:
-        second = int(time.time())
-        if second != cls.second:
-            cls.second, cls.value = second, formatdate(second, usegmt=True)
-        return cls.value
 
 
 def _no_tasks(fn: TaskStarter) -> None:
@@ -140,14 +86,6 @@ class _Alone:
         pass
 
 
-def _response_head(status: int, headers: list[tuple[str, str]]) -> h11.Response:
-    try:
-        reason = HTTPStatus(status).phrase.encode()
-    except ValueError:
-        reason = b""
-    return h11.Response(status_code=status, headers=headers, reason=reason)
-
-
 class HTTPConnection:
     """State for one accepted connection. Created and driven only by ``serve_connection``."""
 
@@ -161,7 +99,6 @@ class HTTPConnection:
     ) -> None:
         self.stream = stream
         self.app = app
-        self.admit = app.admit if isinstance(app, StagedApp) else _admit_every_head(app)
         self.config = config
         self.client = client
         self.host = host
@@ -172,12 +109,7 @@ class HTTPConnection:
         self.watching = False
         """The disconnect watcher runs (the request started tasks of its own)."""
         self.client_gone = False
-        self._started: float | None = None
-        """When the current request's first byte arrived (its read deadline counts from here)."""
-        self._head_parts: list[bytes] = []
-        """The raw bytes h11 holds while it waits for a head (to look for a repeated length)."""
-        self._body_pending = False
-        """The current request announced a body (a Content-Length above 0, or chunked)."""
+        self.reader = RequestReader(self, app)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -187,10 +119,7 @@ class HTTPConnection:
     def _response_headers(
         self, headers: list[tuple[str, str]], close: bool = False
     ) -> list[tuple[str, str]]:
-        out = [SERVER_HEADER, ("Date", _DateCache.now()), *headers]
-        if close or self.host.shutting_down:
-            out.append(CLOSE_HEADER)
-        return out
+        return response_headers(headers, close or self.host.shutting_down)
 
     async def _send_fatal(self, exc: DatapulseError) -> None:
         """Answer an unreadable request with raw bytes and give up on the connection."""
@@ -200,133 +129,6 @@ class HTTPConnection:
     @property
     def peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "peer"
-
-    # -- reading ---------------------------------------------------------------------------
-
-    async def _receive_into_h11(self, deadline: float) -> bool:
-        """Read one chunk before ``deadline``; False if the deadline passed first."""
-        reading_head = self.conn.their_state is h11.IDLE
-        with trio.move_on_at(deadline) as scope:
-            self.idle_scope = scope if reading_head else None
-            try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            finally:
-                self.idle_scope = None
-        if scope.cancelled_caught:
-            return False
-        data = bytes(data)
-        if reading_head:
-            self._head_parts.append(data)
-        self.conn.receive_data(data)
-        return True
-
-    def _next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        try:
-            return self.conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            if exc.error_status_hint == 431:
-                raise HeadersTooLarge("request header block too large") from None
-            raise BadRequest(describe_protocol_error(exc)) from None
-
-    async def read_head(self, first: bool) -> Request | None:
-        """The next request's head, or None when the client closed or idled out cleanly.
-
-        Raises a DatapulseError for requests we refuse (timeout, too large, malformed).
-        """
-        cfg = self.config
-        now = trio.current_time()
-        idle_deadline = now + (cfg.read_timeout_s if first else cfg.keepalive_timeout_s)
-        pipelined = self.conn.trailing_data[0]
-        self._started = now if pipelined else None
-        self._head_parts = [pipelined]
-        while True:
-            if self.host.shutting_down and self._started is None:
-                return None
-            event = self._next_event()
-            if event is h11.NEED_DATA:
-                if self._started is not None:
-                    deadline = self._started + cfg.read_timeout_s
-                else:
-                    deadline = idle_deadline
-                if not await self._receive_into_h11(deadline):
-                    if self._started is None:
-                        return None
-                    raise RequestTimeout(f"request not complete within {cfg.read_timeout_s}s")
-                if self._started is None:
-                    self._started = trio.current_time()
-                continue
-            if isinstance(event, h11.Request):
-                raw_head, self._head_parts = b"".join(self._head_parts), []
-                return self._start_request(event, raw_head)
-            if isinstance(event, h11.ConnectionClosed):
-                return None
-            # pragma: no cover - h11 yields nothing else to a server here
-            raise BadRequest(f"unexpected {type(event).__name__}")
-
-    async def read_body(self, request: Request) -> None:
-        """Read the admitted ``request``'s body into ``request.body``, under the limits."""
-        cfg = self.config
-        assert self._started is not None
-        body = bytearray()
-        while True:
-            event = self._next_event()
-            if event is h11.NEED_DATA:
-                if not await self._receive_into_h11(self._started + cfg.read_timeout_s):
-                    raise RequestTimeout(f"request not complete within {cfg.read_timeout_s}s")
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > cfg.max_body_bytes:
-                    raise PayloadTooLarge(f"body exceeds {cfg.max_body_bytes} bytes")
-            elif isinstance(event, h11.EndOfMessage):
-                request.body = bytes(body)
-                return
-            else:  # pragma: no cover - h11 raises for an incomplete body instead
-                raise BadRequest(f"unexpected {type(event).__name__}")
-
-    def _start_request(self, event: h11.Request, raw_head: bytes) -> Request:
-        cfg = self.config
-        if len(event.headers) > cfg.max_header_count:
-            raise HeadersTooLarge(f"more than {cfg.max_header_count} header fields")
-        # h11's own bound only covers a header block that arrives in pieces; one that arrives in
-        # a single read is measured here (name, value, ": " and CRLF per field, plus the target).
-        size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-        if size > cfg.max_header_bytes:
-            raise HeadersTooLarge(f"header block exceeds {cfg.max_header_bytes} bytes")
-        self._body_pending = announced_body(event, raw_head, cfg.max_body_bytes)
-        try:
-            target = event.target.decode("ascii")
-        except UnicodeDecodeError:  # pragma: no cover - h11 admits only visible ASCII
-            raise BadRequest("request target must be ASCII") from None
-        return Request.from_target(
-            event.method.decode("ascii"),
-            target,
-            list(event.headers),
-            client=self.client,
-            http_version=event.http_version.decode("ascii"),
-        )
-
-    async def _admitted(self, first: bool) -> tuple[Request, Response | Handler] | None:
-        """The next request and what the app made of its head: a ``Response`` to send now (the
-        body unread), or the handler to answer it with (the body has been read)."""
-        request = await self.read_head(first)
-        if request is None:
-            return None
-        admitting_since = trio.current_time()
-        try:
-            answer = await self.admit(request)
-        except Exception:  # the router answers every error; this is a bug in it
-            log.exception("app failed on %s %s", request.method, request.path)
-            return None
-        if self._started is not None:  # the client is not charged for the time we took
-            self._started += trio.current_time() - admitting_since
-        if isinstance(answer, Response):
-            return request, answer
-        if self.conn.they_are_waiting_for_100_continue:
-            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
-        await self.read_body(request)
-        return request, answer
 
     # -- responding ------------------------------------------------------------------------
 
@@ -372,9 +174,9 @@ class HTTPConnection:
         without one keeps the connection; one with a body is answered ``Connection: close`` and
         what it still sends is dropped unread. Returns False to close."""
         request.start_task = _no_tasks
-        if not self._body_pending:
+        if not self.reader.body_pending:
             # The request is complete (a zero length): h11 sees its end without another byte.
-            self._next_event()
+            self.reader.next_event()
             return await self._send_response(request, response)
         with contextlib.suppress(ClientGone):
             await self._write_response(response, request.method == "HEAD", close=True)
@@ -444,7 +246,7 @@ class HTTPConnection:
                 await self._write_response(response, head_only)
                 return True
             headers = self._response_headers(response.headers)
-            await self._send(_response_head(response.status, headers))
+            await self._send(response_head(response.status, headers))
             if not head_only:
                 await response.body(ResponseBody(self))
                 if self.client_gone:
@@ -464,22 +266,13 @@ class HTTPConnection:
         self, response: Response, head_only: bool, *, close: bool = False
     ) -> None:
         headers = self._response_headers(response.headers, close)
-        # RFC 9110 8.6: never on a 204 (or 304, whose length is the representation's).
-        if response.status not in (204, 304) and not any(
-            k.lower() == "content-length" for k, _ in headers
-        ):
-            headers.append(("Content-Length", str(len(response.body))))
-        events: list[h11.Event] = [_response_head(response.status, headers)]
-        if response.body and not head_only:
-            events.append(h11.Data(data=response.body))
-        events.append(h11.EndOfMessage())
-        await self._send(*events)
+        await self._send(*complete_response(response, headers, head_only))
 
     async def run(self) -> None:
         first = True
         while True:
             try:
-                admitted = await self._admitted(first)
+                admitted = await self.reader.admitted(first)
             except DatapulseError as exc:
                 log.info("%s from %s: %s", exc.http_status, self.peer, exc.detail)
                 await self._send_fatal(exc)

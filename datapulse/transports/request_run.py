@@ -1,16 +1,28 @@
-"""RequestRun: one Streamable HTTP request as the POST that started it sees it.
+"""One Streamable HTTP request while it runs in another task: what its POST sees of it.
 
 The request runs in another task (its session's, or the connection's on 2026-07-28); the POST
 waits here, at most ``JSON_WAIT_S``, to decide between a bare JSON answer and an SSE stream.
-Process-local by nature: the POST waits on the instance that runs the call.
+
+* ``RequestRun`` (both eras): its messages, its reply, whether it is done. Process-local by
+  nature: the POST waits on the instance that runs the call.
+* ``RequestLog`` (handshake era only): where its messages go once the POST commits to SSE, the
+  store, so that a GET with ``Last-Event-ID`` resumes them. 2026-07-28 streams use a
+  ``LocalLog`` instead (``streamable_modern.py``).
+
+Both are shared by ``streamable.py`` and ``streamable_modern.py``, which is why they live here
+and not in either.
 """
 
 from __future__ import annotations
 
+from collections import deque
+
 import orjson
 import trio
 
+from datapulse.live.sessions import LiveSession, SessionManager
 from datapulse.net.http import JSON_HEADERS, Response
+from datapulse.store.base import LogKey
 
 JSON_WAIT_S = 0.5
 """How long a POST waits for a bare reply before committing to an SSE response."""
@@ -61,3 +73,46 @@ def json_reply(progress: RequestRun) -> Response:
     if progress.reply is None:
         return Response(204, [], b"")  # cancelled: the client asked for no reply
     return Response(200, list(JSON_HEADERS), progress.reply)
+
+
+class RequestLog:
+    """A handshake-era request's messages: held here until its POST commits to an SSE answer,
+    then in the store, where a GET with ``Last-Event-ID`` can resume them on any instance.
+
+    Most requests are answered as bare JSON within ``JSON_WAIT_S`` and never need a log: they
+    cost the store nothing. Exactly one of ``open`` (the POST) and ``finish``/``close`` (the
+    request's task) closes the log in the store, whichever sees the other's step: neither awaits
+    between setting its flag and reading the other's.
+    """
+
+    def __init__(self, sessions: SessionManager, live: LiveSession) -> None:
+        self._sessions = sessions
+        self._live = live
+        self._held: deque[bytes] = deque()
+        self._key: LogKey | None = None
+        self._finished = False
+
+    async def push(self, data: bytes) -> None:
+        if self._key is None:
+            self._held.append(data)
+        else:
+            await self._sessions.push(self._live, self._key, data)
+
+    async def open(self) -> LogKey:
+        key = await self._sessions.open_request_log(self._live)
+        while self._held:  # messages may still arrive while we copy: until none is left
+            await self._sessions.push(self._live, key, self._held.popleft())
+        self._key = key
+        if self._finished:
+            await self._sessions.finish_request_log(self._live, key)
+        return key
+
+    def finish(self) -> bool:
+        """The request is done; True if its log is in the store and must be closed there (the
+        common case, a bare JSON answer, needs no await at all)."""
+        self._finished = True
+        return self._key is not None
+
+    async def close(self) -> None:
+        assert self._key is not None
+        await self._sessions.finish_request_log(self._live, self._key)

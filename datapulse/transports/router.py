@@ -1,6 +1,6 @@
 """Router: (method, path) -> handler, with authentication and the error boundary.
 
-This is the application the HTTP layer calls, in two phases (``net.connection.StagedApp``):
+This is the application the HTTP layer calls, in two phases (``net.reading.StagedApp``):
 ``admit`` runs on the request head alone, before a byte of its body is read: the before-hooks
 (Origin/Host, CORS preflight), the route lookup (404, 405) and authentication (the bearer
 header, or a stream ticket on a ticket route). What it refuses is answered at once, and its body

@@ -11,7 +11,8 @@ import trio.testing
 from datapulse.core.mcp_http import HeaderMismatch
 from datapulse.net.http import Request
 from datapulse.transports.request_run import JSON_WAIT_S, RequestRun, is_response, json_reply
-from datapulse.transports.streamable import StreamableTransport, _routing_headers
+from datapulse.transports.streamable import StreamableTransport
+from datapulse.transports.streamable_modern import _routing_headers
 
 REPLY = b'{"jsonrpc":"2.0","id":1,"result":{}}'
 ERROR = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}'
