@@ -8,6 +8,7 @@ checks the README against this file).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -173,6 +174,31 @@ class Config:
     )
     # Misc
     log_level: str = _setting("INFO", "--log-level", "DATAPULSE_LOG_LEVEL", "logging level")
+    # Reverse proxies (docs/deploy-nginx.md)
+    allowed_hosts: str = _setting(
+        "",
+        "--allowed-hosts",
+        "DATAPULSE_ALLOWED_HOSTS",
+        "comma-separated Host names answered besides loopback ones (DNS-rebinding guard; * any)",
+    )
+    trusted_proxies: str = _setting(
+        "",
+        "--trusted-proxies",
+        "DATAPULSE_TRUSTED_PROXIES",
+        "comma-separated proxy addresses/CIDRs whose forwarded client, scheme and host are believed",
+    )
+    proxy_headers: str = _setting(
+        "x-forwarded",
+        "--proxy-headers",
+        "DATAPULSE_PROXY_HEADERS",
+        "which headers trusted proxies write: x-forwarded (X-Forwarded-*) or forwarded (RFC 7239)",
+    )
+    log_format: str = _setting(
+        "auto",
+        "--log-format",
+        "DATAPULSE_LOG_FORMAT",
+        "log lines: json (one object per line) or text; auto: text on a terminal, else json",
+    )
 
     def __post_init__(self) -> None:
         positive = [
@@ -210,6 +236,15 @@ class Config:
             raise ValueError("shutdown_grace_s, retry_ms and jwt_leeway_s must be >= 0")
         if self.ticket_resume_window_s < 0:
             raise ValueError("ticket_resume_window_s must be >= 0")
+        if self.log_format not in ("auto", "json", "text"):
+            raise ValueError("log_format must be json, text or auto")
+        if self.proxy_headers not in ("x-forwarded", "forwarded"):
+            raise ValueError("proxy_headers must be x-forwarded or forwarded")
+        for item in filter(None, (p.strip() for p in self.trusted_proxies.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: not an address or CIDR: {item!r}") from None
         if self.resource_url:
             url = urlsplit(self.resource_url)
             if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:

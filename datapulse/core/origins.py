@@ -5,6 +5,10 @@ talk to a local server as if it were same-origin. Two checks stop it: a browser 
 ``Origin`` on cross-site requests, and we refuse origins not on the allow-list (403); and a server
 bound to loopback refuses a ``Host`` that is not a loopback name (421), since a rebound name still
 arrives in ``Host``. Requests without ``Origin`` (non-browser clients) are allowed.
+
+``--allowed-hosts`` names the other Hosts a server answers to (the name a reverse proxy serves
+it under): loopback names stay allowed on a loopback bind, and once the list is given a server
+bound elsewhere answers only to the names on it (``*``: any Host).
 """
 
 from __future__ import annotations
@@ -46,10 +50,21 @@ def origin_allowed(origin: str | None, allowed: frozenset[str]) -> bool:
     return is_loopback_name(parts.netloc)
 
 
-def host_allowed(host: str | None, bound_to_loopback: bool) -> bool:
-    """A loopback-bound server answers only to loopback names; others accept any Host."""
-    if not bound_to_loopback:
-        return True
+def parse_hosts(csv: str) -> frozenset[str]:
+    """``--allowed-hosts``: names without their ports, lowercased (``*`` kept as is)."""
+    return frozenset(_host_only(h) for h in csv.split(",") if h.strip())
+
+
+def host_allowed(
+    host: str | None, bound_to_loopback: bool, allowed: frozenset[str] = frozenset()
+) -> bool:
+    """A listed name (any port) is allowed; a loopback name on a loopback bind is. Otherwise a
+    loopback-bound server refuses, and so does any server once ``allowed`` names anything."""
     if host is None:
         return True  # HTTP/1.0 without Host: nothing a browser would send
-    return is_loopback_name(host)
+    if allowed:
+        if "*" in allowed or _host_only(host) in allowed:
+            return True
+    elif not bound_to_loopback:
+        return True
+    return bound_to_loopback and is_loopback_name(host)

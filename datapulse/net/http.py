@@ -136,6 +136,13 @@ class Request:
     """Set by the router when a ``?ticket=`` authenticated the request (browser streams)."""
     authority: str | None = None
     """The host (and port) of an absolute-form target; None for the usual origin form."""
+    proxy: str | None = None
+    """The socket peer's address when it is a trusted proxy (``--trusted-proxies``); ``client``
+    is then the client it forwarded for. Set by the server before the router sees the head."""
+    scheme: str = "http"
+    """The scheme the client used: ``http``, or what a trusted proxy says (X-Forwarded-Proto)."""
+    forwarded_host: str | None = None
+    """The Host the client used, as a trusted proxy says (X-Forwarded-Host, ``host=``)."""
     _header_cache: dict[str, list[str]] | None = field(default=None, repr=False)
 
     @classmethod
@@ -178,6 +185,11 @@ class Request:
         if not values:
             return None
         return values[0] if len(values) == 1 else ", ".join(values)
+
+    def header_lists(self, *names: str) -> dict[str, list[str]]:
+        """The raw values of the named (lowercase) headers, for sans-IO parsers."""
+        headers = self._header_map()
+        return {name: headers[name] for name in names if name in headers}
 
     def header_values(self, name: str) -> list[str]:
         return [v.strip() for v in self._header_map().get(name.lower(), [])]

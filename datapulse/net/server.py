@@ -5,6 +5,12 @@ per connection in its handler nursery. Over ``max_connections`` a new connection
 with ``Retry-After`` and closed at once, so the limit costs the refused client one round trip,
 not a hung socket. One client address may hold at most ``max_connections_per_ip`` of them; past
 that it is answered 429 the same way (its own doing, so not a 503 that blames the server).
+A connection from a trusted proxy (``--trusted-proxies``) is not counted against the proxy's
+address at accept time: each request's head names its client (``core.forwarded``), and the
+connection counts against that client's address from then on (a keep-alive connection reused for
+another client moves to it). A request whose client already holds ``max_connections_per_ip`` is
+answered 429 and its connection closed. The first refusal of an address logs one WARNING naming
+the setting; it logs again only after the address has dropped below the cap.
 ``shutdown()`` stops accepting, closes idle keep-alive connections, runs the ``on_shutdown``
 hooks (streams say goodbye once their calls are done) and gives the rest ``shutdown_grace_s``
 before cancelling them; ``serve`` returns as soon as the last connection is gone.
@@ -20,9 +26,11 @@ from dataclasses import dataclass
 import trio
 
 from datapulse.config import Config
+from datapulse.core.forwarded import is_trusted, parse_networks, resolve
 from datapulse.errors import ConnectionLimit, ConnectionLimitPerAddress, DatapulseError
 from datapulse.net.connection import App, HTTPConnection, serve_connection
-from datapulse.net.http import encode_raw_response
+from datapulse.net.http import Handler, Request, Response, encode_raw_response, error_response
+from datapulse.net.reading import StagedApp
 
 log = logging.getLogger("datapulse.server")
 
@@ -49,13 +57,63 @@ def _peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
     return (str(peer[0]), int(peer[1]))
 
 
+_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
+
+
+class _ProxiedConnection:
+    """The app as one trusted proxy's connection sees it: each head first names its client."""
+
+    def __init__(self, server: HTTPServer, app: App, proxy: str) -> None:
+        self.server = server
+        self.proxy = proxy
+        self.inner = app
+        self.counted: str | None = None
+        """The client address this connection counts against now (None: none yet)."""
+
+    async def admit(self, request: Request) -> Response | Handler:
+        server = self.server
+        said = resolve(
+            self.proxy,
+            server.trusted,
+            server.config.proxy_headers,
+            request.header_lists(*_PROXY_HEADERS),
+        )
+        assert said is not None  # only connections from trusted peers get here
+        request.proxy = self.proxy
+        request.client = (said.client, said.port)
+        if said.scheme is not None:
+            request.scheme = said.scheme
+        request.forwarded_host = said.host
+        if said.client != self.counted:
+            if self.counted is not None:
+                server.release(self.counted)
+                self.counted = None
+            if not server.take(said.client):
+                return error_response(
+                    ConnectionLimitPerAddress("too many open connections from your address")
+                )
+            self.counted = said.client
+        if isinstance(self.inner, StagedApp):
+            return await self.inner.admit(request)
+        return self.inner
+
+    def release(self) -> None:
+        if self.counted is not None:
+            self.server.release(self.counted)
+            self.counted = None
+
+
 class HTTPServer:
     def __init__(self, app: App, config: Config) -> None:
         self.app = app
         self.config = config
+        self.trusted = parse_networks(config.trusted_proxies)
         self.connections: set[HTTPConnection] = set()
         self.per_address: dict[str, int] = {}
-        """Open connections per client address (what ``max_connections_per_ip`` counts)."""
+        """Open connections per client address (what ``max_connections_per_ip`` counts); a
+        trusted proxy's connections count against the client each one last carried."""
+        self._capped: set[str] = set()
+        """Addresses whose refusal has been logged since they last were below the cap."""
         self._shutdown = trio.Event()
         self.shutting_down = False
         self.on_shutdown: list[Callable[[], None]] = []
@@ -82,6 +140,36 @@ class HTTPServer:
             await stream.send_all(encode_raw_response(refusal))
         await trio.aclose_forcefully(stream)
 
+    def take(self, address: str) -> bool:
+        """Count one more connection against ``address``; False (and nothing counted) if it
+        already holds ``max_connections_per_ip``. No checkpoint: accepts cannot race past it."""
+        open_here = self.per_address.get(address, 0)
+        cap = self.config.max_connections_per_ip
+        if open_here >= cap:
+            if address not in self._capped:
+                self._capped.add(address)
+                log.warning(
+                    "%s holds %d connections, the --max-connections-per-ip limit; refusing more%s",
+                    address,
+                    open_here,
+                    ""
+                    if self.trusted
+                    else " (behind a reverse proxy, name it in --trusted-proxies so each client"
+                    " counts on its own)",
+                )
+            return False
+        self.per_address[address] = open_here + 1
+        return True
+
+    def release(self, address: str) -> None:
+        left = self.per_address[address] - 1
+        if left:
+            self.per_address[address] = left
+        else:
+            del self.per_address[address]
+        if left < self.config.max_connections_per_ip:
+            self._capped.discard(address)
+
     async def _handle(self, stream: trio.SocketStream) -> None:
         cfg = self.config
         peer = _peer(stream)
@@ -90,23 +178,23 @@ class HTTPServer:
             log.warning("connection limit (%d) reached; refusing", cfg.max_connections)
             await self._refuse(stream, ConnectionLimit("server is at its connection limit"))
             return
-        open_here = self.per_address.get(address, 0)
-        if open_here >= cfg.max_connections_per_ip:
-            log.warning("%s holds %d connections (limit per address); refusing", address, open_here)
+        if self.trusted and is_trusted(address, self.trusted):
+            # Counted per forwarded client, request by request (see the module docstring).
+            proxied = _ProxiedConnection(self, self.app, address)
+            try:
+                await serve_connection(stream, proxied, self.config, client=peer, host=self)
+            finally:
+                proxied.release()
+            return
+        if not self.take(address):
             await self._refuse(
                 stream, ConnectionLimitPerAddress("too many open connections from your address")
             )
             return
-        # No checkpoint between the checks and these counts: accepts cannot race past a limit.
-        self.per_address[address] = open_here + 1
         try:
             await serve_connection(stream, self.app, self.config, client=peer, host=self)
         finally:
-            left = self.per_address[address] - 1
-            if left:
-                self.per_address[address] = left
-            else:
-                del self.per_address[address]
+            self.release(address)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED

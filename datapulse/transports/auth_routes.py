@@ -105,26 +105,36 @@ class AuthRoutes:
 
     @property
     def resource(self) -> ProtectedResource:
-        base = (
-            self.config.resource_url
-            or self.base_url()
-            or f"http://{self.config.host}:{self.config.port}"
-        )
+        return self.resource_for(None)
+
+    def resource_for(self, request: Request | None) -> ProtectedResource:
+        """The RFC 9728 resource: ``--resource-url``; else, for a request a trusted proxy
+        forwarded, the scheme and Host the client used (the guard has checked that Host); else
+        the bound URL."""
+        base = self.config.resource_url
+        if not base and request is not None and request.proxy is not None:
+            host = request.forwarded_host or request.header("host")
+            if host:
+                base = f"{request.scheme}://{host}"
+        if not base:
+            base = self.base_url() or f"http://{self.config.host}:{self.config.port}"
         return ProtectedResource(
             canonical_resource(base), (self.config.jwt_issuer,) if self.config.jwt_issuer else ()
         )
 
-    def metadata_url(self, request_path: str) -> str | None:
-        return self.resource.metadata_url_for(request_path) if self.publishes_metadata else None
+    def metadata_url(self, request_path: str, request: Request | None = None) -> str | None:
+        if not self.publishes_metadata:
+            return None
+        return self.resource_for(request).metadata_url_for(request_path)
 
     async def get_metadata(self, request: Request) -> Response:
         endpoint = request.path.removeprefix(WELL_KNOWN)
         scopes = (tool.required_scope for tool in self.registry)
-        document = self.resource.document(endpoint, scopes)
+        document = self.resource_for(request).document(endpoint, scopes)
         return json_response(200, document, [("Cache-Control", "public, max-age=300")])
 
     def challenge(self, request: Request, exc: Unauthorized) -> Unauthorized:
-        url = self.metadata_url(request.path)
+        url = self.metadata_url(request.path, request)
         if url is not None and exc.challenge.lower().startswith("bearer"):
             exc.challenge = with_resource_metadata(exc.challenge, url)
         return exc
@@ -143,7 +153,9 @@ class AuthRoutes:
         if needed is None or has_scope(request.caller.scopes, needed):
             return
         raise InsufficientScope(
-            needed, what=f"tool {tool_name}", resource_metadata=self.metadata_url(request.path)
+            needed,
+            what=f"tool {tool_name}",
+            resource_metadata=self.metadata_url(request.path, request),
         )
 
     # -- tickets -------------------------------------------------------------------------------
