@@ -17,9 +17,10 @@ from typing import Any
 import trio
 
 from datapulse import __version__
-from datapulse.auth.redact import install_redactor, redact_handlers
+from datapulse.auth.redact import install_redactor, redact, redact_handlers
 from datapulse.auth.setup import AuthStartupError
 from datapulse.config import Config, config_from_env, default_text, parse_value, settings
+from datapulse.logs import make_handler
 from datapulse.server import Server, ServerInfo
 
 log = logging.getLogger("datapulse")
@@ -124,10 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"datapulse: {exc}", file=sys.stderr)
         return 2
+    # --log-format: json (one object per line, for collectors) or text; auto picks text on a
+    # terminal. The JSON formatter redacts the structured fields (extra=) itself; the filter
+    # below redacts every message and traceback, in both formats.
     logging.basicConfig(
         level=config.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[make_handler(config.log_format, sys.stderr, redact)],
     )
     # Every line printed, ours and the libraries', without a credential in it.
     redact_handlers(logging.getLogger().handlers)

@@ -18,12 +18,18 @@ between a log and the sockets reading it. The manager keeps its public methods (
   (``calls_done``, called by the manager), so results finished within the grace period are
   delivered before ``event: close``.
 
+* One INFO line per closed stream on ``datapulse.stream``: session id, duration, events
+  written, body bytes and why it closed (``superseded``, ``shutdown``..., or ``client_gone``
+  when it ended without being told). Nothing is counted while that logger is disabled.
+
 Needs of the manager only its registry (``holds``: is this session still live here); it never
 imports ``live.sessions``.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import orjson
@@ -38,6 +44,62 @@ from datapulse.live.registry import LiveSession, SessionRegistry
 from datapulse.live.stream import Control, LogStream, StoreLog, control_comment, control_event
 from datapulse.net.http import BodyStream
 from datapulse.store.base import LogKey, SessionStore, UnknownLog
+
+log = logging.getLogger("datapulse.stream")
+
+
+class _Counted:
+    """A ``BodyStream`` that counts what was written through it (for the closing line)."""
+
+    __slots__ = ("_out", "sent")
+
+    def __init__(self, out: BodyStream) -> None:
+        self._out = out
+        self.sent = 0
+
+    async def write(self, chunk: bytes) -> None:
+        await self._out.write(chunk)
+        self.sent += len(chunk)
+
+    def try_write(self, chunk: bytes) -> bool:
+        written = self._out.try_write(chunk)
+        if written:
+            self.sent += len(chunk)
+        return written
+
+    @property
+    def needs_flush(self) -> bool:
+        return self._out.needs_flush
+
+    def wake(self) -> None:
+        self._out.wake()
+
+    async def wait(self) -> bool:
+        return await self._out.wait()
+
+
+def _log_closed(
+    live: LiveSession, stream: LogStream, out: BodyStream, started: float, first_seq: int
+) -> None:
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    events = max(0, stream.sent_seq - first_seq)
+    sent = out.sent if isinstance(out, _Counted) else 0
+    reason = stream.close_reason or "client_gone"
+    log.info(
+        "stream closed: session %s, %.1fs, %d events, %dB, %s",
+        live.id,
+        duration_ms / 1000,
+        events,
+        sent,
+        reason,
+        extra={
+            "session_id": live.id,
+            "duration_ms": duration_ms,
+            "events": events,
+            "bytes": sent,
+            "reason": reason,
+        },
+    )
 
 
 class SessionStreams:
@@ -108,6 +170,10 @@ class SessionStreams:
         comments (``control_comment``) for MCP streams, whose clients expect nothing but messages.
         """
         key = LogKey(live.key)
+        logging_on = log.isEnabledFor(logging.INFO)
+        if logging_on:
+            started = time.perf_counter()
+            out = _Counted(out)
         stream = LogStream(StoreLog(self.store, key), out, self.pinger, control=control)
         previous = live.stream
         delivered = live.record.delivered_seq
@@ -119,8 +185,8 @@ class SessionStreams:
             # Opened during shutdown with nothing in flight: replay, then goodbye at once.
             stream.close(self.draining)
         head = encode_retry(self.config.retry_ms) + preamble
+        start = delivered if resume_after is None else resume_after
         try:
-            start = delivered if resume_after is None else resume_after
             last = await self.store.last_seq(key)
             if start > last:
                 # An id we never issued for this session (e.g. from before a restart).
@@ -137,6 +203,8 @@ class SessionStreams:
             if live.stream is stream:
                 live.stream = None
                 live.record.touch(trio.current_time())
+            if logging_on:
+                _log_closed(live, stream, out, started, start)
             if stream.sent_seq > live.record.delivered_seq:
                 live.record.delivered_seq = stream.sent_seq
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -146,6 +214,10 @@ class SessionStreams:
         self, live: LiveSession, key: LogKey, out: BodyStream, *, after: int, head: bytes
     ) -> None:
         """Write a request stream (a POST's SSE reply, or a GET resuming it) until its reply."""
+        logging_on = log.isEnabledFor(logging.INFO)
+        if logging_on:
+            started = time.perf_counter()
+            out = _Counted(out)
         reader = LogStream(
             StoreLog(self.store, key), out, self.pinger, control=control_comment, ends_with_log=True
         )
@@ -158,6 +230,8 @@ class SessionStreams:
         try:
             await reader.run(after, head=head)
         finally:
+            if logging_on:
+                _log_closed(live, reader, out, started, after)
             if live.request_streams.get(key.stream) is reader:
                 del live.request_streams[key.stream]
 

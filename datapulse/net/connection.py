@@ -22,12 +22,22 @@ Noticing that the client left, without a second task where none is needed:
   watcher beside them: EOF cancels the tasks and the response;
 * a plain answer needs neither: it finishes quickly, and a failed write ends it anyway.
 Bytes that arrive meanwhile (a pipelined request) are fed to h11 for the next cycle.
+
+Each request gets an id (``X-Request-Id``: the client's when it is 1-64 visible ASCII
+characters, else 16 random hex digits), echoed on the response and set in ``logs.REQUEST_ID``
+while it is answered, so every line logged meanwhile carries it. Once answered (a stream: once
+it ends), one access line on ``datapulse.access``: method, path (never the query), status,
+duration, client address, body bytes, request, session and principal ids. When that logger is
+disabled for INFO nothing of it is measured or counted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
+import time
 from functools import partial
 from typing import Protocol
 
@@ -36,6 +46,7 @@ import trio
 
 from datapulse.config import Config
 from datapulse.errors import DatapulseError
+from datapulse.logs import REQUEST_ID
 from datapulse.net.body import RECEIVE_SIZE, ResponseBody
 from datapulse.net.heads import complete_response, response_head, response_headers
 from datapulse.net.http import (
@@ -54,6 +65,37 @@ from datapulse.net.writer import ClientGone, SocketWriter
 __all__ = ["App", "ConnectionHost", "HTTPConnection", "StagedApp", "serve_connection"]
 
 log = logging.getLogger("datapulse.http")
+access_log = logging.getLogger("datapulse.access")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+def request_id_for(request: Request) -> str:
+    """The client's ``X-Request-Id`` if it is 1-64 visible ASCII characters, else a new one."""
+    incoming = request.header("x-request-id")
+    if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return os.urandom(8).hex()
+
+
+class _CountedBody(ResponseBody):
+    """A streamed body that counts the bytes it wrote (only while the access line is on)."""
+
+    def __init__(self, connection: HTTPConnection) -> None:
+        super().__init__(connection)
+        self.sent = 0
+
+    async def write(self, chunk: bytes) -> None:
+        await super().write(chunk)
+        self.sent += len(chunk)
+
+    def try_write(self, chunk: bytes) -> bool:
+        written = super().try_write(chunk)
+        if written:
+            self.sent += len(chunk)
+        return written
+
 
 LINGER_S = 2.0
 """How long a refused request's unread body is drained (and dropped) before the close."""
@@ -110,6 +152,13 @@ class HTTPConnection:
         """The disconnect watcher runs (the request started tasks of its own)."""
         self.client_gone = False
         self.reader = RequestReader(self, app)
+        self.request_id = ""
+        """The current request's id, echoed as ``X-Request-Id``."""
+        # What the access line reports; kept only while access_log is enabled (self.counting).
+        self.counting = False
+        self.status: int | None = None
+        self.sent_bytes = 0
+        self.session_id: str | None = None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -119,7 +168,10 @@ class HTTPConnection:
     def _response_headers(
         self, headers: list[tuple[str, str]], close: bool = False
     ) -> list[tuple[str, str]]:
-        return response_headers(headers, close or self.host.shutting_down)
+        out = response_headers(headers, close or self.host.shutting_down)
+        if self.request_id:
+            out.append((REQUEST_ID_HEADER, self.request_id))
+        return out
 
     async def _send_fatal(self, exc: DatapulseError) -> None:
         """Answer an unreadable request with raw bytes and give up on the connection."""
@@ -241,14 +293,22 @@ class HTTPConnection:
         head_only = request.method == "HEAD"
         try:
             if isinstance(response, Upgrade):
+                self.status = 101
                 return True
             if isinstance(response, Response):
                 await self._write_response(response, head_only)
                 return True
             headers = self._response_headers(response.headers)
+            if self.counting:
+                self._noted(response.status, response.headers)
             await self._send(response_head(response.status, headers))
             if not head_only:
-                await response.body(ResponseBody(self))
+                body = _CountedBody(self) if self.counting else ResponseBody(self)
+                try:
+                    await response.body(body)
+                finally:
+                    if isinstance(body, _CountedBody):
+                        self.sent_bytes = body.sent
                 if self.client_gone:
                     return False
                 await self.writer.flush()  # the tail of a partial try_write
@@ -266,7 +326,47 @@ class HTTPConnection:
         self, response: Response, head_only: bool, *, close: bool = False
     ) -> None:
         headers = self._response_headers(response.headers, close)
+        if self.counting:
+            self._noted(response.status, response.headers)
+            self.sent_bytes = 0 if head_only else len(response.body)
         await self._send(*complete_response(response, headers, head_only))
+
+    # -- the access line -------------------------------------------------------------------
+
+    def _noted(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+        for name, value in headers:
+            if name.lower() == "mcp-session-id":
+                self.session_id = value
+
+    def _log_access(self, request: Request, started: float) -> None:
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        session_id = (
+            self.session_id or request.header("mcp-session-id") or request.query_param("session_id")
+        )
+        principal = request.principal
+        client = self.client[0] if self.client else None
+        status = self.status
+        access_log.info(
+            "%s %s %s %.1fms %s %dB",
+            request.method,
+            request.path,
+            "-" if status is None else status,
+            duration_ms,
+            client or "-",
+            self.sent_bytes,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "duration_ms": duration_ms,
+                "client": client,
+                "bytes": self.sent_bytes,
+                "request_id": self.request_id,
+                "session_id": session_id,
+                "principal_id": principal.id if principal is not None else None,
+            },
+        )
 
     async def run(self) -> None:
         first = True
@@ -274,17 +374,39 @@ class HTTPConnection:
             try:
                 admitted = await self.reader.admitted(first)
             except DatapulseError as exc:
-                log.info("%s from %s: %s", exc.http_status, self.peer, exc.detail)
+                log.info(
+                    "%s from %s: %s",
+                    exc.http_status,
+                    self.peer,
+                    exc.detail,
+                    extra={
+                        "status": exc.http_status,
+                        "client": self.client[0] if self.client else None,
+                    },
+                )
                 await self._send_fatal(exc)
                 return
             if admitted is None:
                 return
             first = False
             request, answer = admitted
-            if isinstance(answer, Response):
-                keep_going = await self.answer_head(request, answer)
-            else:
-                keep_going = await self.respond(request, answer)
+            self.request_id = request_id_for(request)
+            token = REQUEST_ID.set(self.request_id)
+            self.counting = access_log.isEnabledFor(logging.INFO)
+            started = 0.0
+            if self.counting:
+                started = time.perf_counter()
+                self.status, self.sent_bytes, self.session_id = None, 0, None
+            try:
+                if isinstance(answer, Response):
+                    keep_going = await self.answer_head(request, answer)
+                else:
+                    keep_going = await self.respond(request, answer)
+            finally:
+                if self.counting:
+                    self._log_access(request, started)
+                REQUEST_ID.reset(token)
+                self.request_id = ""
             if not keep_going or self.conn.our_state is not h11.DONE:
                 return
             try:

@@ -205,7 +205,7 @@ async def _run_cli_with_jwt(idp: IdP) -> None:
                     assert chunk, text
                     text += chunk.decode()
             assert "bearer token" not in text
-            url = re.search(r"listening on (http://\S+)", text)
+            url = re.search(r"listening on (http://[^\s\"]+)", text)
             assert url, text
             with trio.fail_after(TIMEOUT):
                 async with httpx.AsyncClient(base_url=url.group(1)) as http:

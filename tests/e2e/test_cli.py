@@ -51,7 +51,7 @@ async def read_announcement(proc: trio.Process) -> tuple[str, str]:
             assert chunk, text
             text += chunk
     decoded = text.decode()
-    url = re.search(r"listening on (http://\S+)", decoded)
+    url = re.search(r"listening on (http://[^\s\"]+)", decoded)
     token = re.search(r"bearer token \(generated\): (\S+)", decoded)
     assert url and token, decoded
     return url.group(1), token.group(1)

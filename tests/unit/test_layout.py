@@ -26,6 +26,7 @@ RANKS = {
     "errors": 0,
     "config": 0,
     "version": 0,
+    "logs": 0,
     "core": 1,
     "tools": 2,
     "auth": 2,
