@@ -27,7 +27,7 @@ from datapulse.auth.verifier import BearerVerifier, Verifier, is_ready
 from datapulse.config import Config
 from datapulse.errors import SessionNotFound
 from datapulse.live.sessions import SessionManager
-from datapulse.net.http import ErrorStyle, Request, Response, json_response
+from datapulse.net.http import ErrorStyle
 from datapulse.net.server import BoundAddress, HTTPServer
 from datapulse.protocol.dispatch import Dispatcher
 from datapulse.store import MemorySessionStore, SessionStore
@@ -38,6 +38,7 @@ from datapulse.transports.auth_routes import PRM_PATHS, AuthRoutes
 from datapulse.transports.context import TransportContext
 from datapulse.transports.events import EventsTransport
 from datapulse.transports.guard import OriginGuard
+from datapulse.transports.health import HealthRoutes
 from datapulse.transports.legacy_sse import LegacySseTransport
 from datapulse.transports.router import Router
 from datapulse.transports.streamable import StreamableTransport
@@ -88,8 +89,11 @@ class Server:
                 self.token = secrets.token_urlsafe(32)
             verifier = BearerVerifier(self.token)
         self.verifier: Verifier = verifier or StartingVerifier()
-        self.store = store or MemorySessionStore(
-            self.config.replay_events, self.config.replay_bytes
+        # `is not None`, not `or`: a store may define __len__, and an empty one is falsy.
+        self.store = (
+            store
+            if store is not None
+            else MemorySessionStore(self.config.replay_events, self.config.replay_bytes)
         )
         self.sessions = SessionManager(self.config, self.store)
         self.dispatcher = Dispatcher(
@@ -103,7 +107,12 @@ class Server:
         )
         self.router = Router(self.verifier)
         self.router.before.append(
-            OriginGuard(self.config, self.config.cors_origins, open_paths=PRM_PATHS)
+            OriginGuard(
+                self.config,
+                self.config.cors_origins,
+                open_paths=PRM_PATHS,
+                probe_paths=frozenset({"/healthz", "/readyz"}),
+            )
         )
         self.auth = AuthRoutes(
             self.config,
@@ -116,6 +125,13 @@ class Server:
         self.http = HTTPServer(self.router, self.config)
         self.http.on_shutdown.append(lambda: self.sessions.close_all_streams("shutdown"))
         self.info: ServerInfo | None = None
+        self.health = HealthRoutes(
+            sessions=self.sessions,
+            verifier=lambda: self.router.verifier,
+            store=self.store,
+            listening=lambda: self.info is not None,
+            shutting_down=lambda: self.http.shutting_down,
+        )
         self._install_routes(
             TransportContext(self.config, self.sessions, self.registry, self.dispatcher, self.auth)
         )
@@ -142,12 +158,11 @@ class Server:
         self.router.add("GET", "/ws", websocket.upgrade)
         self.http.on_shutdown.append(websocket.shutdown)  # close frames (1001) to every /ws
         events = EventsTransport(context)
-        self.router.add("GET", "/healthz", self._health, public=True)
+        # Liveness and readiness: no auth, no session, no limit (transports/health.py).
+        self.router.add("GET", "/healthz", self.health.healthz, public=True)
+        self.router.add("GET", "/readyz", self.health.readyz, public=True)
         self.router.add("GET", "/events", events.get_events, ticket=True)
         self.router.add("POST", "/message", events.post_message)
-
-    async def _health(self, request: Request) -> Response:
-        return json_response(200, {"status": "ok", "sessions": len(self.sessions)})
 
     async def publish(
         self, session_id: str, data: Any, *, event: str | None = None, principal: str | None = None
