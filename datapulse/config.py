@@ -199,6 +199,12 @@ class Config:
         "DATAPULSE_LOG_FORMAT",
         "log lines: json (one object per line) or text; auto: text on a terminal, else json",
     )
+    metrics_port: int = _setting(
+        0,
+        "--metrics-port",
+        "DATAPULSE_METRICS_PORT",
+        "serve /metrics without auth on this loopback port (0: off; /metrics then needs the token)",
+    )
 
     def __post_init__(self) -> None:
         positive = [

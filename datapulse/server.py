@@ -27,7 +27,8 @@ from datapulse.auth.verifier import BearerVerifier, Verifier, is_ready
 from datapulse.config import Config
 from datapulse.errors import SessionNotFound
 from datapulse.live.sessions import SessionManager
-from datapulse.net.http import ErrorStyle
+from datapulse.metrics import CONTENT_TYPE_LATEST, Metrics
+from datapulse.net.http import ErrorStyle, Request, Response
 from datapulse.net.server import BoundAddress, HTTPServer
 from datapulse.protocol.dispatch import Dispatcher
 from datapulse.store import MemorySessionStore, SessionStore
@@ -95,7 +96,9 @@ class Server:
             if store is not None
             else MemorySessionStore(self.config.replay_events, self.config.replay_bytes)
         )
-        self.sessions = SessionManager(self.config, self.store)
+        # One set of metrics per Server (its own registry), handed down to every part that counts.
+        self.metrics = Metrics()
+        self.sessions = SessionManager(self.config, self.store, self.metrics)
         self.dispatcher = Dispatcher(
             self.registry,
             server_name="datapulse",
@@ -104,8 +107,9 @@ class Server:
             call_timeout_s=self.config.call_timeout_s,
             max_depth=self.config.max_json_depth,
             max_batch_items=self.config.max_batch_items,
+            metrics=self.metrics,
         )
-        self.router = Router(self.verifier)
+        self.router = Router(self.verifier, self.metrics)
         self.router.before.append(
             OriginGuard(
                 self.config,
@@ -122,7 +126,7 @@ class Server:
             lambda: self.info.url if self.info is not None else None,
         )
         self.auth.install()
-        self.http = HTTPServer(self.router, self.config)
+        self.http = HTTPServer(self.router, self.config, self.metrics)
         self.http.on_shutdown.append(lambda: self.sessions.close_all_streams("shutdown"))
         self.info: ServerInfo | None = None
         self.health = HealthRoutes(
@@ -135,6 +139,17 @@ class Server:
         self._install_routes(
             TransportContext(self.config, self.sessions, self.registry, self.dispatcher, self.auth)
         )
+        # /metrics: an authenticated route like any other; --metrics-port adds a loopback
+        # listener that serves it (and nothing else) without auth, for a local scraper.
+        self.router.add("GET", "/metrics", self._serve_metrics)
+        self.metrics_http: HTTPServer | None = None
+        if self.config.metrics_port:
+            scrape_config = self.config.replace(host="127.0.0.1", port=self.config.metrics_port)
+            scrape = Router(self.verifier)
+            # Loopback and unauthenticated: the Host/Origin guard keeps a DNS-rebinding page out.
+            scrape.before.append(OriginGuard(scrape_config))
+            scrape.add("GET", "/metrics", self._serve_metrics, public=True)
+            self.metrics_http = HTTPServer(scrape, scrape_config)
 
     @property
     def tool(self) -> Any:
@@ -163,6 +178,16 @@ class Server:
         self.router.add("GET", "/readyz", self.health.readyz, public=True)
         self.router.add("GET", "/events", events.get_events, ticket=True)
         self.router.add("POST", "/message", events.post_message)
+        # The browser page at / (transports/page.py): public, it holds no secret; it calls the
+        # authenticated API above with a token the user pastes. Imported here to keep this
+        # block self-contained.
+        from datapulse.transports.page import PageRoutes
+
+        for path, page_handler in PageRoutes().routes():
+            self.router.add("GET", path, page_handler, public=True)
+
+    async def _serve_metrics(self, request: Request) -> Response:
+        return Response(200, [("Content-Type", CONTENT_TYPE_LATEST)], self.metrics.exposition())
 
     async def publish(
         self, session_id: str, data: Any, *, event: str | None = None, principal: str | None = None
@@ -192,7 +217,7 @@ class Server:
         CLI calls it before opening any nursery so the error reaches it unwrapped.
         """
         if self._verifier_pending:
-            self.verifier = await open_configured_verifier(self.config, self.token)
+            self.verifier = await open_configured_verifier(self.config, self.token, self.metrics)
             self.router.verifier = self.verifier
             self._verifier_pending = False
 
@@ -202,6 +227,8 @@ class Server:
         await self.open_verifier()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.sessions.run)
+            if self.metrics_http is not None:
+                await nursery.start(self.metrics_http.serve)
             recover = getattr(self.verifier, "run_until_ready", None)
             if recover is not None and not is_ready(self.verifier):
                 # The IdP was down at start: retry it in the background (ends once keys load).

@@ -48,6 +48,7 @@ from datapulse.auth.keyset import cache_ttl, parse_jwks
 from datapulse.auth.startup_retry import StartupRetry
 from datapulse.core.tokens import find_key
 from datapulse.errors import ServiceUnavailable
+from datapulse.metrics import Metrics
 
 __all__ = [
     "DiscoveryError",
@@ -92,7 +93,11 @@ class JwksCache:
         http_client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = trio.current_time,
         jitter: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
     ) -> None:
+        fetches = (metrics if metrics is not None else Metrics()).jwks_fetches
+        self._fetched_ok = fetches.labels("ok")
+        self._fetch_failed = fetches.labels("error")
         if jwks_uri is not None:
             require_secure_url(jwks_uri, what="JWKS URI")
         elif issuer is not None:
@@ -258,6 +263,7 @@ class JwksCache:
             event.set()
 
     async def _fetch_keys(self) -> bool:
+        attempts = self.jwks_fetches
         try:
             if self._jwks_uri is None:
                 self._jwks_uri = await self._discover()
@@ -265,6 +271,8 @@ class JwksCache:
             doc, headers = await self._fetcher.get_json(self._jwks_uri)
             keys = parse_jwks(doc, max_keys=self._max_keys)
         except KeySourceError as exc:
+            if self.jwks_fetches > attempts:  # the key set's own GET failed, not discovery
+                self._fetch_failed.inc()
             self._retry_at = self._clock() + self._refresh_interval_s
             self._last_error = str(exc)
             if self._keys is None:
@@ -281,6 +289,7 @@ class JwksCache:
             ceiling_s=self._max_ttl_s,
             default_s=self._default_ttl_s,
         )
+        self._fetched_ok.inc()
         recovered = self._keys is None and self._last_error is not None
         self._keys = keys
         self._expires_at = self._clock() + ttl

@@ -50,6 +50,7 @@ from datapulse.core.tokens import (
     parse_claims,
     parse_header,
 )
+from datapulse.metrics import Metrics
 
 logger = logging.getLogger("datapulse.auth")
 
@@ -181,6 +182,7 @@ class JwtVerifier:
         http_client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = trio.current_time,
         wall_clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self._wall_clock = wall_clock
@@ -205,6 +207,7 @@ class JwtVerifier:
                 retry_max_s=settings.retry_max_s,
                 http_client=http_client,
                 clock=clock,
+                metrics=metrics,
             )
 
     @classmethod
@@ -216,10 +219,16 @@ class JwtVerifier:
         http_client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = trio.current_time,
         wall_clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> JwtVerifier:
         """Build and start: discovery runs now, so a misconfigured issuer fails at start-up."""
         verifier = cls(
-            settings, jwks=jwks, http_client=http_client, clock=clock, wall_clock=wall_clock
+            settings,
+            jwks=jwks,
+            http_client=http_client,
+            clock=clock,
+            wall_clock=wall_clock,
+            metrics=metrics,
         )
         await verifier.start()
         return verifier

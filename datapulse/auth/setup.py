@@ -16,6 +16,7 @@ from datapulse.auth.jwt import JwtSettings, JwtVerifier
 from datapulse.auth.verifier import BearerVerifier, ChainVerifier, Principal, Verifier
 from datapulse.config import Config
 from datapulse.errors import ServiceUnavailable
+from datapulse.metrics import Metrics
 
 
 class AuthStartupError(Exception):
@@ -32,13 +33,15 @@ class StartingVerifier:
         raise ServiceUnavailable("authentication is not ready yet")
 
 
-async def open_configured_verifier(config: Config, token: str | None) -> Verifier:
+async def open_configured_verifier(
+    config: Config, token: str | None, metrics: Metrics | None = None
+) -> Verifier:
     """The JWT verifier (discovery done), behind the local token when one is configured.
 
     JWT comes last in the chain so that a bad JWT's specific 401 reason is what the client sees.
     """
     try:
-        jwt = await JwtVerifier.open(JwtSettings.from_config(config))
+        jwt = await JwtVerifier.open(JwtSettings.from_config(config), metrics=metrics)
     except (ValueError, KeySourceError) as exc:
         raise AuthStartupError(f"JWT authentication cannot start: {exc}") from exc
     if token:

@@ -37,9 +37,20 @@ class Pingable(Protocol):
         """The stream has written nothing for an interval: write ``: ping`` (never waits)."""
 
 
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _Uncounted:
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+
 class Pinger:
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, pings: _Counter | None = None) -> None:
         self.interval_s = interval_s
+        self._pings = pings if pings is not None else _Uncounted()
+        """Counts each ping due (``Metrics.pings``; a prometheus Counter)."""
         self._due: dict[Pingable, float] = {}
         self._heap: list[tuple[float, int, Pingable]] = []
         self._order = itertools.count()  # tie-breaker: streams themselves are not comparable
@@ -97,6 +108,7 @@ class Pinger:
             next_due = due + self.interval_s
             self._schedule(stream, next_due if next_due > now else now + self.interval_s)
             stream.ping_due()
+            self._pings.inc()
             self._pinged += 1
             if self._pinged % YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()

@@ -39,6 +39,7 @@ from datapulse.live.pinger import Pinger
 from datapulse.live.registry import LiveSession, SessionRegistry, Task
 from datapulse.live.stream import Control, control_event
 from datapulse.live.streams import SessionStreams
+from datapulse.metrics import Metrics
 from datapulse.net.http import BodyStream
 from datapulse.store.base import LogKey, SessionStore
 
@@ -48,15 +49,17 @@ log = logging.getLogger("datapulse.sessions")
 
 
 class SessionManager:
-    def __init__(self, config: Config, store: SessionStore) -> None:
+    def __init__(self, config: Config, store: SessionStore, metrics: Metrics | None = None) -> None:
         self.config = config
         self.store = store
+        self.metrics = metrics = metrics if metrics is not None else Metrics()
         self.registry = SessionRegistry()
+        metrics.count_sessions(lambda: len(self.registry))
         self._nursery: trio.Nursery | None = None
         self._task_done: dict[str, trio.Event] = {}
         self.on_close: list[Callable[[LiveSession, str], None]] = []
-        self.pinger = Pinger(config.ping_interval_s)
-        self.streams = SessionStreams(config, store, self.registry, self.pinger)
+        self.pinger = Pinger(config.ping_interval_s, metrics.pings)
+        self.streams = SessionStreams(config, store, self.registry, self.pinger, metrics)
 
     @property
     def draining(self) -> str | None:
@@ -123,11 +126,13 @@ class SessionManager:
         if self._nursery is None:
             raise ServiceUnavailable("server is not running")
         if len(self.registry) >= self.config.max_sessions:
+            self.metrics.rejected("sessions")
             raise ServiceUnavailable(
                 f"session limit reached ({self.config.max_sessions})", retry_after_s=5
             )
         owned = self.registry.owned_by(owner)
         if owned >= self.config.max_sessions_per_principal:
+            self.metrics.rejected("sessions_per_principal")
             raise TooManyRequests(
                 f"session limit per principal reached ({self.config.max_sessions_per_principal});"
                 " close or let expire an older session",

@@ -46,6 +46,7 @@ import trio
 from datapulse.core.eventlog import LoggedEvent, ReplayGone, ReplayLog
 from datapulse.core.sse import PING, encode_comment, encode_data
 from datapulse.live.pinger import Pinger
+from datapulse.metrics import StreamMetrics
 from datapulse.net.http import BodyStream
 from datapulse.store.base import LogKey, LogRead, SessionStore, UnknownLog
 
@@ -123,12 +124,16 @@ class LogStream:
 
     __slots__ = (
         "_behind",
+        "_bytes",
         "_control",
         "_drain",
         "_ends_with_log",
+        "_events",
+        "_metrics",
         "_parked",
         "_ping_wanted",
         "_pinger",
+        "_resuming",
         "_source",
         "close_reason",
         "out",
@@ -143,8 +148,13 @@ class LogStream:
         *,
         control: Control = control_event,
         ends_with_log: bool = False,
+        metrics: StreamMetrics | None = None,
     ) -> None:
         self._source = source
+        self._metrics = metrics = metrics or StreamMetrics()
+        # The two children every event touches, one attribute away.
+        self._events = metrics.events
+        self._bytes = metrics.bytes
         self.out = out
         self._pinger = pinger
         self._control = control
@@ -155,6 +165,7 @@ class LogStream:
         self._drain = True  # on close: write what the log still holds first
         self._behind = False  # an event was not written at once: read the log in our task
         self._ping_wanted = False
+        self._resuming = False  # the first read answers a Last-Event-ID (a replay hit or gone)
         # The stream's task waits in out.wait() with everything written: only then may another
         # task write to the body directly (it would otherwise overtake a replay or a catch-up).
         self._parked = False
@@ -173,6 +184,8 @@ class LogStream:
             and self.out.try_write(event.wire)
         ):
             self.sent_seq = event.seq
+            self._events.inc()
+            self._bytes.inc(len(event.wire))
             self._pinger.touch(self)
             if self.out.needs_flush:
                 self.out.wake()
@@ -209,19 +222,27 @@ class LogStream:
         await self.out.write(data)
         self._pinger.touch(self)  # idle again from now: the next ping is due one interval on
 
-    async def run(self, after: int, *, head: bytes = b"", tolerate_gap: bool = True) -> None:
+    async def run(
+        self, after: int, *, head: bytes = b"", tolerate_gap: bool = True, resumed: bool = False
+    ) -> None:
         """Write ``head``, then the log after seq ``after``, then stay attached until the end.
 
         A gap at the start (events after ``after`` evicted) is reported as ``replay_gone`` when
         ``tolerate_gap``; a gap that opens later (we fell behind the log's bounds) ends a session
         stream as lagging, while a request stream (``ends_with_log``) reports it and goes on,
         because its reply is the newest event and a log always keeps its newest.
+
+        ``resumed``: ``after`` came from the client (Last-Event-ID), so the first read counts as
+        a replay hit unless the log had lost some of it (counted as gone when reported).
         """
         self.sent_seq = after
+        metrics = self._metrics
+        metrics.open.inc()
         try:
             self._pinger.touch(self)
             if head:
                 await self._write(head)
+            self._resuming = resumed
             if await self._catch_up(tolerate_gap=tolerate_gap):
                 return
             while True:
@@ -241,7 +262,10 @@ class LogStream:
                     await self.out.write(b"")
                 if self._behind:
                     self._behind = False
-                    if await self._catch_up(tolerate_gap=self._ends_with_log):
+                    before = self.sent_seq
+                    done = await self._catch_up(tolerate_gap=self._ends_with_log)
+                    metrics.backlog.observe(self.sent_seq - before)
+                    if done:
                         return
                 if self._ping_wanted:
                     self._ping_wanted = False
@@ -256,17 +280,20 @@ class LogStream:
                 )
             )
         finally:
+            metrics.open.dec()
             self._pinger.forget(self)
 
     async def _read(self, *, tolerate_gap: bool) -> LogRead:
         try:
-            return await self._source.read(self.sent_seq, CATCH_UP_PAGE)
+            page = await self._source.read(self.sent_seq, CATCH_UP_PAGE)
         except UnknownLog:
             # The log went with its session (or was dropped as too old): nothing more to read.
             return LogRead([], self.sent_seq, closed=True)
         except ReplayGone as gone:
             if not tolerate_gap:
                 raise _Lagging from None
+            self._resuming = False
+            self._metrics.gone.inc()
             await self._write(
                 self._control(
                     "error",
@@ -278,6 +305,10 @@ class LogStream:
             )
             self.sent_seq = gone.oldest - 1
             return await self._source.read(self.sent_seq, CATCH_UP_PAGE)
+        if self._resuming:
+            self._resuming = False
+            self._metrics.hit.inc()
+        return page
 
     async def _catch_up(self, *, tolerate_gap: bool) -> bool:
         """Write what the log holds after ``sent_seq``, a page at a time. True when the stream
@@ -289,6 +320,8 @@ class LogStream:
                     return False  # taken over: the newer stream sends the rest
                 await self._write(event.wire)
                 self.sent_seq = event.seq
+                self._events.inc()
+                self._bytes.inc(len(event.wire))
             if len(page.events) < CATCH_UP_PAGE:
                 return self._ends_with_log and page.closed and self.sent_seq >= page.last_seq
             # A long backlog: let other tasks run between pages (its writes may all be fast).

@@ -42,6 +42,7 @@ from datapulse.errors import SessionNotFound
 from datapulse.live.pinger import Pinger
 from datapulse.live.registry import LiveSession, SessionRegistry
 from datapulse.live.stream import Control, LogStream, StoreLog, control_comment, control_event
+from datapulse.metrics import Metrics, StreamMetrics
 from datapulse.net.http import BodyStream
 from datapulse.store.base import LogKey, SessionStore, UnknownLog
 
@@ -106,14 +107,28 @@ class SessionStreams:
     """The streams attached to this process's sessions, and the way events reach them."""
 
     def __init__(
-        self, config: Config, store: SessionStore, registry: SessionRegistry, pinger: Pinger
+        self,
+        config: Config,
+        store: SessionStore,
+        registry: SessionRegistry,
+        pinger: Pinger,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._stream_metrics: dict[str, StreamMetrics] = {}
         self.store = store
         self.registry = registry
         self.pinger = pinger
         self.draining: str | None = None
         """Set by ``close_all_streams``: the reason streams are told once their calls are done."""
+
+    def stream_metrics(self, transport: str) -> StreamMetrics:
+        """The metric children of ``transport``'s streams, bound once per transport."""
+        bound = self._stream_metrics.get(transport)
+        if bound is None:
+            bound = self._stream_metrics[transport] = self.metrics.stream(transport)
+        return bound
 
     # -- events --------------------------------------------------------------------------------
 
@@ -174,7 +189,10 @@ class SessionStreams:
         if logging_on:
             started = time.perf_counter()
             out = _Counted(out)
-        stream = LogStream(StoreLog(self.store, key), out, self.pinger, control=control)
+        metrics = self.stream_metrics(live.record.kind)
+        stream = LogStream(
+            StoreLog(self.store, key), out, self.pinger, control=control, metrics=metrics
+        )
         previous = live.stream
         delivered = live.record.delivered_seq
         if previous is not None:
@@ -198,7 +216,9 @@ class SessionStreams:
                     oldest=str(last + 1),
                 )
                 start = delivered
-            await stream.run(start, head=head)
+                metrics.miss.inc()
+                resume_after = None
+            await stream.run(start, head=head, resumed=resume_after is not None)
         finally:
             if live.stream is stream:
                 live.stream = None
@@ -219,7 +239,12 @@ class SessionStreams:
             started = time.perf_counter()
             out = _Counted(out)
         reader = LogStream(
-            StoreLog(self.store, key), out, self.pinger, control=control_comment, ends_with_log=True
+            StoreLog(self.store, key),
+            out,
+            self.pinger,
+            control=control_comment,
+            ends_with_log=True,
+            metrics=self.stream_metrics("mcp_request"),
         )
         previous = live.request_streams.get(key.stream)
         if previous is not None:
@@ -228,7 +253,7 @@ class SessionStreams:
         if live.ended:
             reader.close("session_ended")
         try:
-            await reader.run(after, head=head)
+            await reader.run(after, head=head, resumed=after > 0)
         finally:
             if logging_on:
                 _log_closed(live, reader, out, started, after)

@@ -28,6 +28,7 @@ import trio
 from datapulse.config import Config
 from datapulse.core.forwarded import is_trusted, parse_networks, resolve
 from datapulse.errors import ConnectionLimit, ConnectionLimitPerAddress, DatapulseError
+from datapulse.metrics import Metrics
 from datapulse.net.connection import App, HTTPConnection, serve_connection
 from datapulse.net.http import Handler, Request, Response, encode_raw_response, error_response
 from datapulse.net.reading import StagedApp
@@ -104,9 +105,10 @@ class _ProxiedConnection:
 
 
 class HTTPServer:
-    def __init__(self, app: App, config: Config) -> None:
+    def __init__(self, app: App, config: Config, metrics: Metrics | None = None) -> None:
         self.app = app
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
         self.trusted = parse_networks(config.trusted_proxies)
         self.connections: set[HTTPConnection] = set()
         self.per_address: dict[str, int] = {}
@@ -117,6 +119,9 @@ class HTTPServer:
         self._shutdown = trio.Event()
         self.shutting_down = False
         self.on_shutdown: list[Callable[[], None]] = []
+        self.bound: BoundAddress | None = None
+        """Where ``serve`` listens, once it does."""
+        self.metrics.count_connections(lambda: len(self.connections))
 
     def shutdown(self) -> None:
         """Begin a graceful stop (idempotent). ``serve`` returns when it is done."""
@@ -146,6 +151,7 @@ class HTTPServer:
         open_here = self.per_address.get(address, 0)
         cap = self.config.max_connections_per_ip
         if open_here >= cap:
+            self.metrics.rejected("connections_per_ip")
             if address not in self._capped:
                 self._capped.add(address)
                 log.warning(
@@ -176,6 +182,7 @@ class HTTPServer:
         address = peer[0] if peer else "-"
         if len(self.connections) >= cfg.max_connections:
             log.warning("connection limit (%d) reached; refusing", cfg.max_connections)
+            self.metrics.rejected("connections")
             await self._refuse(stream, ConnectionLimit("server is at its connection limit"))
             return
         if self.trusted and is_trusted(address, self.trusted):
@@ -201,7 +208,7 @@ class HTTPServer:
     ) -> None:
         listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         sockname = listeners[0].socket.getsockname()
-        bound = BoundAddress(self.config.host, int(sockname[1]))
+        bound = self.bound = BoundAddress(self.config.host, int(sockname[1]))
         async with trio.open_nursery() as handlers:
             accepting = trio.CancelScope()
             handlers.start_soon(self._accept, listeners, handlers, accepting)

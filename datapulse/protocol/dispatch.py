@@ -14,6 +14,7 @@ import jsonschema
 
 from datapulse.core import mcp
 from datapulse.core.jsonrpc import DEFAULT_MAX_BATCH_ITEMS, DEFAULT_MAX_DEPTH
+from datapulse.metrics import Metrics
 from datapulse.protocol import methods
 from datapulse.protocol.session import Handler
 from datapulse.tools.registry import Tool, ToolRegistry
@@ -36,6 +37,7 @@ class Dispatcher:
         default_log_level: str | None = "debug",
         max_depth: int = DEFAULT_MAX_DEPTH,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
+        metrics: Metrics | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -47,6 +49,7 @@ class Dispatcher:
         if default_log_level is not None and not mcp.is_log_level(default_log_level):
             raise ValueError(f"unknown log level {default_log_level!r}")
         self.registry = registry
+        self.metrics = metrics if metrics is not None else Metrics()
         self.server_name = server_name
         self.server_version = server_version
         self.instructions = instructions

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import trio
@@ -79,10 +80,12 @@ async def call_tool(session: McpSession, call: Call) -> dict[str, Any]:
         raise InvalidParams("tools/call needs a string name")
     tool = d.registry.get(name)  # UnknownTool: a protocol error (-32602), not an isError result
     if not has_scope(call.scopes, tool.required_scope):
+        d.metrics.tool_call(name, "forbidden")
         raise Forbidden(f"{name} needs the scope {tool.required_scope!r}")
     try:
         arguments = d.registry.validate_arguments(name, call.params.get("arguments"))
     except InvalidParams as exc:
+        d.metrics.tool_call(name, "invalid_arguments")
         # SEP-1303 (2025-11-25): bad arguments are the model's to fix, so they come back as an
         # isError result it can read; older revisions answered -32602.
         if session.modern or mcp.version_at_least(session.protocol_version, "2025-11-25"):
@@ -93,11 +96,21 @@ async def call_tool(session: McpSession, call: Call) -> dict[str, Any]:
         # On behalf of the call, not the task: one task may run several sessions' calls in turn.
         limit.acquire_on_behalf_of_nowait(call)
     except trio.WouldBlock:
+        d.metrics.rejected("calls_per_session")
+        d.metrics.tool_call(name, "refused")
         raise TooManyRequests("too many concurrent calls") from None
+    started = time.perf_counter()
+    outcome = "cancelled"  # unless it returns or raises: the client or the session went away
     try:
-        return await run_tool(session, call, tool, arguments)
+        result = await run_tool(session, call, tool, arguments)
+        outcome = "error" if result.get("isError") else "ok"
+        return result
+    except Exception:
+        outcome = "protocol_error"
+        raise
     finally:
         limit.release_on_behalf_of(call)
+        d.metrics.tool_call(name, outcome, time.perf_counter() - started)
 
 
 async def run_tool(

@@ -43,6 +43,7 @@ from datapulse.core.jsonrpc import (
     parse_message,
 )
 from datapulse.errors import QUOTE_CHARS, DatapulseError, InvalidParams, quote
+from datapulse.metrics import Metrics
 from datapulse.protocol.call import Call, MessageSink
 from datapulse.protocol.state import ProtocolState
 from datapulse.tools.registry import Tool, ToolRegistry
@@ -82,6 +83,7 @@ class DispatcherView(Protocol):
     max_depth: int
     max_batch_items: int
     info: dict[str, Any]
+    metrics: Metrics
     handshake_methods: dict[str, Handler]
     modern_methods: dict[str, Handler]
 

@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from datapulse.auth.verifier import Principal, Verifier
 from datapulse.errors import DatapulseError, MethodNotAllowed, NotFound, Unauthorized
+from datapulse.metrics import Metrics
 from datapulse.net.http import (
     AppResponse,
     ErrorStyle,
@@ -68,8 +69,9 @@ class Route:
 
 
 class Router:
-    def __init__(self, verifier: Verifier) -> None:
+    def __init__(self, verifier: Verifier, metrics: Metrics | None = None) -> None:
         self.verifier = verifier
+        self.metrics = metrics if metrics is not None else Metrics()
         self.routes: dict[str, Route] = {}
         # Lets the auth layer enrich 401 challenges (e.g. with resource_metadata).
         self.challenge_hook: ChallengeHook | None = None
@@ -151,6 +153,7 @@ class Router:
     def _refuse(self, request: Request, exc: Unauthorized) -> Response:
         if self.challenge_hook is not None:
             exc = self.challenge_hook(request, exc)
+        self.metrics.auth_failures.labels(_failure_reason(request)).inc()
         log.info(
             "401 %s %s from %s: %s", request.method, request.path, request.client_host, exc.detail
         )
@@ -178,3 +181,12 @@ class Router:
             request.principal, request.ticket = await self.ticket_hook(request)
             return
         request.principal = await self.verifier.verify(request.header("authorization"))
+
+
+def _failure_reason(request: Request) -> str:
+    """Why a 401, as a bounded label: no credential at all, a bad ``?ticket=``, a bad token."""
+    if request.header("authorization") is not None:
+        return "invalid_token"
+    if "ticket" in request.query:
+        return "invalid_ticket"
+    return "missing_token"

@@ -98,9 +98,12 @@ class ModernRequests:
                 reply.status = mcp_http.modern_http_status(progress.error_code)
             return reply
         pinger = self.sessions.pinger
+        metrics = self.sessions.streams.stream_metrics("mcp_modern")
 
         async def body(out: BodyStream) -> None:
-            stream = LogStream(local, out, pinger, control=control_comment, ends_with_log=True)
+            stream = LogStream(
+                local, out, pinger, control=control_comment, ends_with_log=True, metrics=metrics
+            )
             local.reader = stream
             await stream.run(0, head=encode_retry(self.config.retry_ms))
 

@@ -24,6 +24,7 @@ FORBIDDEN = {"trio", "h11", "httpx", "socket", "trio_websocket", "anyio", "async
 # becoming store/ keeps its rank). A module imports only modules of its own rank or lower.
 RANKS = {
     "errors": 0,
+    "metrics": 0,
     "config": 0,
     "version": 0,
     "logs": 0,
