@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,7 @@ class SessionManager:
         metrics.count_sessions(lambda: len(self.registry))
         self._nursery: trio.Nursery | None = None
         self._task_done: dict[str, trio.Event] = {}
+        self._cap_warned: dict[str, float] = {}
         self.on_close: list[Callable[[LiveSession, str], None]] = []
         self.pinger = Pinger(config.ping_interval_s, metrics.pings)
         self.streams = SessionStreams(config, store, self.registry, self.pinger, metrics)
@@ -127,17 +129,31 @@ class SessionManager:
             raise ServiceUnavailable("server is not running")
         if len(self.registry) >= self.config.max_sessions:
             self.metrics.rejected("sessions")
+            self._warn_cap("--max-sessions", f"{self.config.max_sessions} sessions in all")
             raise ServiceUnavailable(
                 f"session limit reached ({self.config.max_sessions})", retry_after_s=5
             )
         owned = self.registry.owned_by(owner)
         if owned >= self.config.max_sessions_per_principal:
             self.metrics.rejected("sessions_per_principal")
+            self._warn_cap(
+                "--max-sessions-per-principal",
+                f"principal {owner} holds {owned} sessions (with one shared token, every"
+                " client is one principal)",
+            )
             raise TooManyRequests(
                 f"session limit per principal reached ({self.config.max_sessions_per_principal});"
                 " close or let expire an older session",
                 retry_after_s=5,
             )
+
+    def _warn_cap(self, setting: str, what: str) -> None:
+        """Say once a minute per setting that a cap refuses sessions: an operator whose one-token
+        or one-proxy deployment outgrew a default must learn it from the log, not from users."""
+        now = trio.current_time()
+        if now - self._cap_warned.get(setting, -math.inf) >= 60:
+            self._cap_warned[setting] = now
+            log.warning("refusing new sessions: %s; raise %s if that is expected", what, setting)
 
     async def create(self, owner: str, kind: str, session_id: str | None = None) -> LiveSession:
         """A new session of ``owner``. ``session_id`` is a client-chosen id: a name in the

@@ -12,6 +12,7 @@ session (``test_events_api.py::test_second_get_supersedes_the_first``,
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,10 @@ async def test_sessions_in_all_over_the_limit_get_503(nursery: trio.Nursery) -> 
     assert refused.json()["error"]["code"] == -32000
 
 
-async def test_sessions_per_principal_over_the_limit_get_429(nursery: trio.Nursery) -> None:
+async def test_sessions_per_principal_over_the_limit_get_429(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="datapulse.sessions")
     server = Server(make_config(max_sessions_per_principal=2), verifier=TwoPrincipals())
     info = await nursery.start(server.serve)
     init = wire(rpc("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}}))
@@ -168,6 +172,13 @@ async def test_sessions_per_principal_over_the_limit_get_429(nursery: trio.Nurse
         assert refused.headers["retry-after"] == "5"
         assert refused.json()["error"]["code"] == -32000
         assert "per principal" in refused.json()["error"]["message"]
+        # The operator is told which setting refused it, once (not once per refusal).
+        warned = [
+            r.getMessage()
+            for r in caplog.records
+            if "--max-sessions-per-principal" in r.getMessage()
+        ]
+        assert len(warned) == 1, warned
         # The same limit on the original API, where a GET creates the session: a JSON 429.
         events = await http.get(
             "/events?session_id=third", headers={"Authorization": "Bearer alice"}
