@@ -38,6 +38,9 @@ class ResponseBody:
     So a stream is one task, and its disconnect is an event it sees, not a second task's cancel.
     """
 
+    # Every idle stream holds one for its whole life: no per-instance __dict__.
+    __slots__ = ("_chunked", "_connection", "_wait_scope", "_woken", "_writer")
+
     def __init__(self, connection: BodyOwner) -> None:
         self._connection = connection
         self._writer = connection.writer

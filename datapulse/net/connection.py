@@ -82,6 +82,8 @@ def request_id_for(request: Request) -> str:
 class _CountedBody(ResponseBody):
     """A streamed body that counts the bytes it wrote (only while the access line is on)."""
 
+    __slots__ = ("sent",)
+
     def __init__(self, connection: HTTPConnection) -> None:
         super().__init__(connection)
         self.sent = 0
