@@ -236,8 +236,9 @@ class Config:
         ]:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if not 0 <= self.port <= 65535:
-            raise ValueError("port must be 0..65535")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be 0..65535")
         if self.shutdown_grace_s < 0 or self.retry_ms < 0 or self.jwt_leeway_s < 0:
             raise ValueError("shutdown_grace_s, retry_ms and jwt_leeway_s must be >= 0")
         if self.ticket_resume_window_s < 0:

@@ -14,6 +14,7 @@ import trio
 
 from datapulse.__main__ import build_parser, config_from_args
 from datapulse.config import settings
+from tests.helpers import read_stderr_until
 
 
 def test_help_documents_every_flag_and_env_variable() -> None:
@@ -40,17 +41,12 @@ def test_bad_values_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--ping-interval", "-1"]) == 2
     assert "ping_interval_s must be > 0" in capsys.readouterr().err
     assert main(["--port", "abc"]) == 2
+    assert main(["--metrics-port", "-5"]) == 2  # refused with a line, not a traceback
+    assert "metrics_port must be 0..65535" in capsys.readouterr().err
 
 
 async def read_announcement(proc: trio.Process) -> tuple[str, str]:
-    assert proc.stderr is not None
-    text = b""
-    with trio.fail_after(15):
-        while b"bearer token" not in text:
-            chunk = await proc.stderr.receive_some(4096)
-            assert chunk, text
-            text += chunk
-    decoded = text.decode()
+    decoded = (await read_stderr_until(proc, b"bearer token")).decode()
     url = re.search(r"listening on (http://[^\s\"]+)", decoded)
     token = re.search(r"bearer token \(generated\): (\S+)", decoded)
     assert url and token, decoded
@@ -104,13 +100,7 @@ async def test_the_cli_freezes_its_start_up_objects_out_of_the_collector() -> No
                 task_status=task_status,
             )
         )
-        assert proc.stderr is not None
-        text = b""
-        with trio.fail_after(15):
-            while b"bearer token" not in text:
-                chunk = await proc.stderr.receive_some(4096)
-                assert chunk, text
-                text += chunk
+        text = await read_stderr_until(proc, b"bearer token")
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             await proc.wait()
