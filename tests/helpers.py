@@ -670,3 +670,30 @@ class RawRecorder:
                 self.received.append(await stream.receive_some(65536))
         finally:
             await stream.aclose()
+
+
+async def read_stderr_until(proc: trio.Process, *markers: bytes, timeout_s: float = 15) -> bytes:
+    """What a subprocess wrote to stderr until every marker has appeared in it (the CLI's
+    announcement, a log line); fails if the process closes stderr first, or after timeout_s."""
+    assert proc.stderr is not None
+    text = b""
+    with trio.fail_after(timeout_s):
+        while not all(marker in text for marker in markers):
+            chunk = await proc.stderr.receive_some(4096)
+            assert chunk, text
+            text += chunk
+    return text
+
+
+# Debian's Chromium, driven by Playwright (never a downloaded browser). Without the background
+# networking flags it tries to reach Google's hosts at every start, which this machine refuses.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]

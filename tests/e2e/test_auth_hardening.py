@@ -35,6 +35,7 @@ from tests.helpers import (
     client_for,
     make_config,
     raw_exchange,
+    read_stderr_until,
     start_auth_server,
     start_server,
     wait_for,
@@ -134,12 +135,8 @@ async def test_the_cli_log_never_shows_a_credential() -> None:
                 task_status=task_status,
             )
         )
-        text = ""
         try:
-            while "listening on" not in text or "curl" not in text:
-                chunk = await proc.stderr.receive_some(4096)
-                assert chunk, text
-                text += chunk.decode()
+            text = (await read_stderr_until(proc, b"listening on", b"curl")).decode()
             found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
             assert found, text
             port = int(found.group(1))

@@ -28,18 +28,8 @@ from datapulse import Server
 from datapulse.net.http import Request, Response, StreamingResponse, Upgrade
 from datapulse.store import LogKey
 from datapulse.tools.registry import ToolContext
-from tests.helpers import AUTH, TOKEN, Canned, CannedServer, make_config
+from tests.helpers import AUTH, CHROMIUM, CHROMIUM_ARGS, TOKEN, Canned, CannedServer, make_config
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SESSION = "browser-1"
 BROWSER_TIMEOUT_MS = 10_000
 

@@ -25,18 +25,8 @@ import trio
 
 from datapulse import Server
 from datapulse.net.http import Request, Response, StreamingResponse, Upgrade
-from tests.helpers import TOKEN, make_config
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, TOKEN, make_config
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [  # as tests/e2e/test_browser.py launches it
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SESSION = "page-e2e"
 BROWSER_TIMEOUT_MS = 10_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -19,7 +19,15 @@ import trio
 from datapulse.auth.redact import redact, redact_handlers
 from datapulse.logs import make_handler
 from datapulse.net import connection
-from tests.helpers import AUTH, bearer, bound_tests, client_for, raw_exchange, start_server
+from tests.helpers import (
+    AUTH,
+    bearer,
+    bound_tests,
+    client_for,
+    raw_exchange,
+    read_stderr_until,
+    start_server,
+)
 
 TIMEOUT = 15
 SECRET = "structured-logs-secret-0123456789"
@@ -198,12 +206,8 @@ async def _run_cli(*flags: str) -> str:
             )
         )
         assert proc.stderr is not None
-        text = ""
         try:
-            while "listening on" not in text or "curl" not in text:
-                chunk = await proc.stderr.receive_some(4096)
-                assert chunk, text
-                text += chunk.decode()
+            text = (await read_stderr_until(proc, b"listening on", b"curl")).decode()
             found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
             assert found, text
             port = int(found.group(1))
