@@ -30,8 +30,6 @@ from datapulse.net.http import Request as HttpRequest
 from datapulse.transports.context import TransportContext
 from datapulse.transports.request_run import JSON_WAIT_S, RequestRun, json_reply
 
-ROUTING_HEADERS = ("mcp-protocol-version", "mcp-method", "mcp-name")
-
 
 class ModernRequests:
     """The 2026-07-28 POSTs of one ``/mcp`` endpoint (one per ``StreamableTransport``)."""
@@ -139,7 +137,7 @@ class _SharedLimit:
 
 def _routing_headers(request: HttpRequest) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for name in ROUTING_HEADERS:
+    for name in mcp_http.ROUTING_HEADERS:
         values = request.header_values(name)
         if len(values) > 1:
             raise mcp_http.HeaderMismatch(f"{name} header sent twice")
