@@ -221,3 +221,20 @@ class ToolError(DatapulseError):
 
 class UnknownTool(InvalidParams):
     error = "unknown_tool"
+
+
+class ResourceNotFound(InvalidParams):
+    """``resources/read`` (or subscribe) of a URI nothing serves. -32002 is what every handshake
+    revision names; 2026-07-28 answers -32602 (``protocol.methods`` picks per revision). The URI
+    goes back in ``data``, quoted to a bound."""
+
+    jsonrpc_code = -32002
+    error = "resource_not_found"
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(f"resource not found: {quote(uri)}", data={"uri": uri[: QUOTE_CHARS * 20]})
+        self.uri = uri
+
+
+class UnknownPrompt(InvalidParams):
+    error = "unknown_prompt"

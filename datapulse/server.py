@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -26,11 +27,15 @@ from datapulse.auth.setup import StartingVerifier, open_configured_verifier
 from datapulse.auth.verifier import BearerVerifier, Verifier, is_ready
 from datapulse.config import Config
 from datapulse.errors import SessionNotFound
-from datapulse.live.sessions import SessionManager
+from datapulse.features.catalog import Catalog
+from datapulse.features.clock import register_clock
+from datapulse.features.clock import tick as tick_clock
+from datapulse.live.sessions import LiveSession, SessionManager
 from datapulse.metrics import CONTENT_TYPE_LATEST, Metrics
 from datapulse.net.http import ErrorStyle, Request, Response
 from datapulse.net.server import BoundAddress, HTTPServer
 from datapulse.protocol.dispatch import Dispatcher
+from datapulse.protocol.notices import Notices
 from datapulse.store import MemorySessionStore, SessionStore
 from datapulse.tools.builtin import register_builtins
 from datapulse.tools.fetch import FetchPolicy
@@ -48,6 +53,8 @@ from datapulse.version import __version__ as VERSION
 
 log = logging.getLogger("datapulse")
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 @dataclass(frozen=True)
 class ServerInfo:
@@ -61,6 +68,14 @@ class ServerInfo:
 
 
 class Server:
+    """An MCP server: what it offers (its ``catalog``) and the machinery that serves it.
+
+    The catalog, the notification hub and the background tasks are the server's for life; the
+    rest (sessions, HTTP, auth, metrics) is built from ``config`` and may be rebuilt with
+    ``configure`` until ``serve`` starts (``python -m datapulse --app`` does that: the app module
+    makes its ``Server()``, the command line supplies the settings).
+    """
+
     def __init__(
         self,
         config: Config | None = None,
@@ -70,17 +85,40 @@ class Server:
         store: SessionStore | None = None,
         builtin_tools: bool = True,
     ) -> None:
+        self.catalog = Catalog(registry if registry is not None else ToolRegistry())
+        self.registry = self.catalog.tools
+        self.notices = Notices()
+        self.catalog.on_change.append(self.notices.list_changed)
+        self._background: list[Callable[[], Awaitable[Any]]] = []
+        self._serving = False
+        self._given_verifier = verifier
+        self._given_store = store
         self.config = config or Config()
-        self.registry = registry or ToolRegistry()
         if builtin_tools:
-            register_builtins(
-                self.registry,
-                FetchPolicy(
-                    allow_private=self.config.fetch_allow_private,
-                    timeout_s=self.config.fetch_timeout_s,
-                    connect_timeout_s=min(3.0, self.config.fetch_timeout_s),
-                ),
-            )
+            register_builtins(self.registry, self._fetch_policy)
+            register_clock(self.catalog.resources)
+            self._background.append(lambda: tick_clock(self.notify_resource_updated))
+        self._build(self.config)
+
+    def _fetch_policy(self) -> FetchPolicy:
+        cfg = self.config
+        return FetchPolicy(
+            allow_private=cfg.fetch_allow_private,
+            timeout_s=cfg.fetch_timeout_s,
+            connect_timeout_s=min(3.0, cfg.fetch_timeout_s),
+        )
+
+    def configure(self, config: Config) -> None:
+        """Serve with ``config`` instead; only before ``serve``. What the server offers (tools,
+        resources, prompts, background tasks) stays; sessions, limits, auth and HTTP are
+        rebuilt from the new settings."""
+        if self._serving:
+            raise RuntimeError("configure() must be called before serve()")
+        self._build(config)
+
+    def _build(self, config: Config) -> None:
+        self.config = config
+        verifier = self._given_verifier
         self.token = self.config.token
         # JWT needs discovery (network), so its verifier is built in serve(), before listening.
         self._verifier_pending = verifier is None and self.config.jwt_enabled
@@ -90,6 +128,7 @@ class Server:
                 self.token = secrets.token_urlsafe(32)
             verifier = BearerVerifier(self.token)
         self.verifier: Verifier = verifier or StartingVerifier()
+        store = self._given_store
         # `is not None`, not `or`: a store may define __len__, and an empty one is falsy.
         self.store = (
             store
@@ -99,8 +138,10 @@ class Server:
         # One set of metrics per Server (its own registry), handed down to every part that counts.
         self.metrics = Metrics()
         self.sessions = SessionManager(self.config, self.store, self.metrics)
+        # A session that ends hears no more notifications.
+        self.sessions.on_close.append(self._forget_session)
         self.dispatcher = Dispatcher(
-            self.registry,
+            self.catalog,
             server_name="datapulse",
             server_version=VERSION,
             max_concurrent_calls=self.config.max_calls_per_session,
@@ -108,6 +149,7 @@ class Server:
             max_depth=self.config.max_json_depth,
             max_batch_items=self.config.max_batch_items,
             metrics=self.metrics,
+            notices=self.notices,
         )
         self.router = Router(self.verifier, self.metrics)
         self.router.before.append(
@@ -128,6 +170,8 @@ class Server:
         self.auth.install()
         self.http = HTTPServer(self.router, self.config, self.metrics)
         self.http.on_shutdown.append(lambda: self.sessions.close_all_streams("shutdown"))
+        # Listen streams answer their request (the 2026-07-28 graceful end) and close.
+        self.http.on_shutdown.append(self.notices.close)
         self.info: ServerInfo | None = None
         self.health = HealthRoutes(
             sessions=self.sessions,
@@ -151,10 +195,121 @@ class Server:
             scrape.add("GET", "/metrics", self._serve_metrics, public=True)
             self.metrics_http = HTTPServer(scrape, scrape_config)
 
-    @property
-    def tool(self) -> Any:
-        """Decorator registering a tool: ``@server.tool("name", input_schema=...)``."""
-        return self.registry.tool
+    def _forget_session(self, live: LiveSession, reason: str) -> None:
+        if live.protocol is not None:
+            self.notices.detach(live.protocol)
+
+    # -- what the server offers ------------------------------------------------------------------
+
+    def tool(
+        self,
+        name: str | None = None,
+        *,
+        title: str | None = None,
+        description: str | None = None,
+        input_schema: Mapping[str, Any] | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        annotations: Mapping[str, Any] | None = None,
+        scope: str | None = None,
+        raw: bool | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator registering a tool. Typed: ``@server.tool()`` over ``async def add(a:
+        int, b: int = 1) -> int`` (schemas from the annotations, description from the
+        docstring, a ``ToolContext`` parameter injected). Raw: ``@server.tool("echo",
+        input_schema={...})`` over ``async def echo(arguments, context)``. ``scope``: the OAuth
+        scope a caller's token needs. Adding one while clients are connected tells them."""
+        return self.registry.tool(
+            name,
+            title=title,
+            description=description,
+            input_schema=input_schema,
+            output_schema=output_schema,
+            annotations=annotations,
+            scope=scope,
+            raw=raw,
+        )
+
+    def resource(
+        self,
+        uri: str,
+        *,
+        name: str | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        mime_type: str | None = None,
+        annotations: Mapping[str, Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator registering the reader of ``uri``, or of a URI template such as
+        ``notes://{name}`` (its variables are the function's parameters). It returns ``str``
+        (text), ``bytes`` (a blob), ``ResourceContents`` or any JSON value."""
+
+        def register(fn: F) -> F:
+            self.catalog.resources.add(
+                uri,
+                fn,
+                name=name,
+                title=title,
+                description=description,
+                mime_type=mime_type,
+                annotations=annotations,
+            )
+            return fn
+
+        return register
+
+    def prompt(
+        self, name: str | None = None, *, title: str | None = None, description: str | None = None
+    ) -> Callable[[F], F]:
+        """Decorator registering a prompt; its parameters are the prompt's arguments, and it
+        returns a ``str`` (one user message) or a list of messages."""
+
+        def register(fn: F) -> F:
+            self.catalog.prompts.add(fn, name=name, title=title, description=description)
+            return fn
+
+        return register
+
+    def completion(
+        self, *, argument: str, prompt: str | None = None, resource: str | None = None
+    ) -> Callable[[F], F]:
+        """Decorator registering the completer of one ``argument`` of a ``prompt`` (by name)
+        or of a ``resource`` template (by its URI template): ``fn(value) -> list[str]``,
+        optionally also taking ``arguments`` (what the client chose for the others)."""
+        if (prompt is None) == (resource is None):
+            raise TypeError("completion() needs exactly one of prompt= and resource=")
+
+        def register(fn: F) -> F:
+            if prompt is not None:
+                self.catalog.completions.add("prompt", prompt, argument, fn)
+            else:
+                assert resource is not None
+                self.catalog.completions.add("resource", resource, argument, fn)
+            return fn
+
+        return register
+
+    def remove_tool(self, name: str) -> None:
+        """Unregister a tool (calls already running finish); clients hear ``list_changed``."""
+        self.registry.remove(name)
+
+    def remove_resource(self, uri: str) -> None:
+        """Unregister a resource or a template (by its URI template)."""
+        self.catalog.resources.remove(uri)
+
+    def remove_prompt(self, name: str) -> None:
+        self.catalog.prompts.remove(name)
+
+    async def notify_resource_updated(self, uri: str) -> int:
+        """Tell every client subscribed to ``uri`` that it changed (``resources/subscribe`` on
+        the handshake transports, ``subscriptions/listen`` on 2026-07-28); callable from any
+        task of the host program. Returns how many subscribers were told."""
+        return await self.notices.resource_updated(uri)
+
+    def background(self, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        """Decorator: run ``async def fn()`` for as long as the server serves (started once
+        it listens, cancelled when it stops), e.g. a loop that feeds live data to subscribers."""
+        self._background.append(fn)
+        return fn
 
     def _install_routes(self, context: TransportContext) -> None:
         mcp_http = StreamableTransport(context)
@@ -224,9 +379,11 @@ class Server:
     async def serve(
         self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        self._serving = True
         await self.open_verifier()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.sessions.run)
+            await nursery.start(self.notices.run)
             if self.metrics_http is not None:
                 await nursery.start(self.metrics_http.serve)
             recover = getattr(self.verifier, "run_until_ready", None)
@@ -235,22 +392,27 @@ class Server:
                 nursery.start_soon(recover)
             # http.serve returns only after a graceful shutdown; the sessions (and their tool
             # tasks) are cancelled after it, once no connection can reach them any more.
-            await self.http.serve(task_status=_Relay(self, task_status))
+            await self.http.serve(task_status=_Relay(self, task_status, nursery))
             nursery.cancel_scope.cancel()
 
 
 class _Relay:
     """Turns the HTTP layer's BoundAddress into the ServerInfo our caller is waiting for."""
 
-    def __init__(self, server: Server, outer: trio.TaskStatus[ServerInfo]) -> None:
+    def __init__(
+        self, server: Server, outer: trio.TaskStatus[ServerInfo], nursery: trio.Nursery
+    ) -> None:
         self.server = server
         self.outer = outer
+        self.nursery = nursery
 
     def started(self, bound: BoundAddress | None = None) -> None:
         assert bound is not None
         info = ServerInfo(bound.host, bound.port, bound.url, self.server.token)
         self.server.info = info
         log.info("datapulse listening on %s", bound.url)
+        for fn in self.server._background:  # the app's own tasks, once clients can connect
+            self.nursery.start_soon(fn)
         self.outer.started(info)
 
 

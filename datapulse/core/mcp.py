@@ -104,9 +104,19 @@ def batches_allowed(version: str | None) -> bool:
 # -- handshake and discovery ------------------------------------------------------------------
 
 
-def server_capabilities() -> dict[str, Any]:
-    # Only what we serve. listChanged is false: the tool set is fixed once the server starts.
-    return {"tools": {"listChanged": False}, "logging": {}}
+def server_capabilities(version: str | None = MODERN_VERSION) -> dict[str, Any]:
+    """Everything we serve. Declared whether or not anything is registered yet: lists may fill
+    (and change, hence ``listChanged``) while clients are connected. The ``completions``
+    capability arrived in 2025-03-26 (2024-11-05 served ``completion/complete`` without one)."""
+    capabilities: dict[str, Any] = {
+        "tools": {"listChanged": True},
+        "resources": {"subscribe": True, "listChanged": True},
+        "prompts": {"listChanged": True},
+        "logging": {},
+    }
+    if version_at_least(version, "2025-03-26"):
+        capabilities["completions"] = {}
+    return capabilities
 
 
 def server_info(name: str, version: str) -> dict[str, Any]:
@@ -118,7 +128,7 @@ def initialize_result(
 ) -> dict[str, Any]:
     result: dict[str, Any] = {
         "protocolVersion": version,
-        "capabilities": server_capabilities(),
+        "capabilities": server_capabilities(version),
         "serverInfo": server_info(server_name, server_version),
     }
     if instructions:
@@ -196,12 +206,30 @@ def paginate(items: Sequence[T], cursor: object, page_size: int) -> tuple[list[T
 
 def list_tools_result(entries: Sequence[Mapping[str, Any]], version: str | None) -> dict[str, Any]:
     """``tools/list`` for these entries (each a ``Tool.describe()``), copied, not modified."""
-    tools = [dict(entry) for entry in entries]
-    if not version_at_least(version, "2025-06-18"):
-        # outputSchema arrived in 2025-06-18; keep older wires to their own schema.
-        for tool in tools:
-            tool.pop("outputSchema", None)
-    return {"tools": tools}
+    return {"tools": for_version(entries, version)}
+
+
+# Fields of list entries, and the revision each arrived in: older wires keep to their own schema.
+_ENTRY_FIELDS_SINCE: Final = {
+    "annotations": "2025-03-26",
+    "title": "2025-06-18",
+    "outputSchema": "2025-06-18",
+    "icons": "2025-11-25",
+}
+
+
+def for_version(entries: Sequence[Mapping[str, Any]], version: str | None) -> list[dict[str, Any]]:
+    """List entries (tools, resources, templates, prompts) as ``version`` defines them."""
+    dropped = [
+        k for k, since in _ENTRY_FIELDS_SINCE.items() if not version_at_least(version, since)
+    ]
+    out = []
+    for entry in entries:
+        copy = dict(entry)
+        for key in dropped:
+            copy.pop(key, None)
+        out.append(copy)
+    return out
 
 
 # -- tool results -----------------------------------------------------------------------------
@@ -225,6 +253,12 @@ def _text_of(output: Any) -> str:
     return orjson.dumps(output, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
 
 
+def text_content(value: Any) -> list[dict[str, Any]]:
+    """``value`` as MCP content: one text block (a string as is, anything else as JSON);
+    nothing for None. Raises TypeError when ``value`` is not JSON."""
+    return [] if value is None else [{"type": "text", "text": _text_of(value)}]
+
+
 def tool_call_result(
     output: Any, version: str | None, *, output_schema: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -241,8 +275,7 @@ def tool_call_result(
             result["structuredContent"] = output.structured_content
         result["isError"] = output.is_error
         return result
-    content = [] if output is None else [{"type": "text", "text": _text_of(output)}]
-    result = {"content": content}
+    result = {"content": text_content(output)}
     if structured and output_schema is not None:
         result["structuredContent"] = output
     result["isError"] = False
@@ -288,6 +321,83 @@ def progress_params(
     if message is not None and version_at_least(version, "2025-03-26"):
         params["message"] = message
     return params
+
+
+# -- 2026-07-28 subscriptions/listen --------------------------------------------------------
+
+META_SUBSCRIPTION_ID: Final = "io.modelcontextprotocol/subscriptionId"
+MAX_LISTEN_URIS: Final = 256
+"""The most resource URIs one listen request may watch: its filter is held for its lifetime."""
+
+
+@dataclass(frozen=True)
+class ListenFilter:
+    """What a ``subscriptions/listen`` request asked to hear (all of it we support)."""
+
+    tools_list_changed: bool = False
+    prompts_list_changed: bool = False
+    resources_list_changed: bool = False
+    resource_subscriptions: frozenset[str] = frozenset()
+    _uri_order: tuple[str, ...] = ()
+
+    def wants_list(self, kind: str) -> bool:
+        return {
+            "tools": self.tools_list_changed,
+            "prompts": self.prompts_list_changed,
+            "resources": self.resources_list_changed,
+        }.get(kind, False)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The filter as the acknowledgment echoes it: only what was asked and is honoured."""
+        wire: dict[str, Any] = {}
+        if self.tools_list_changed:
+            wire["toolsListChanged"] = True
+        if self.prompts_list_changed:
+            wire["promptsListChanged"] = True
+        if self.resources_list_changed:
+            wire["resourcesListChanged"] = True
+        if self._uri_order:
+            wire["resourceSubscriptions"] = list(self._uri_order)
+        return wire
+
+
+def parse_listen_filter(params: Mapping[str, Any]) -> ListenFilter:
+    """``params.notifications`` of a listen request (-32602 when malformed). Unknown keys are
+    ignored: the acknowledgment leaves out what we do not serve, which is how a client learns."""
+    wanted = params.get("notifications", {})
+    if not isinstance(wanted, dict):
+        raise InvalidParams("notifications must be an object")
+    flags = {}
+    for key in ("toolsListChanged", "promptsListChanged", "resourcesListChanged"):
+        value = wanted.get(key, False)
+        if not isinstance(value, bool):
+            raise InvalidParams(f"notifications.{key} must be a boolean")
+        flags[key] = value
+    uris = wanted.get("resourceSubscriptions", [])
+    if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+        raise InvalidParams("notifications.resourceSubscriptions must be a list of strings")
+    if len(uris) > MAX_LISTEN_URIS:
+        raise InvalidParams(f"at most {MAX_LISTEN_URIS} resourceSubscriptions per listen request")
+    ordered = tuple(dict.fromkeys(uris))
+    return ListenFilter(
+        flags["toolsListChanged"],
+        flags["promptsListChanged"],
+        flags["resourcesListChanged"],
+        frozenset(ordered),
+        ordered,
+    )
+
+
+def listen_meta(subscription_id: str | int) -> dict[str, Any]:
+    return {META_SUBSCRIPTION_ID: subscription_id}
+
+
+def listen_notification(
+    method: str, params: Mapping[str, Any], subscription_id: str | int
+) -> bytes:
+    """A notification for a listen stream: ``params._meta`` carries the subscription id."""
+    body = {**params, "_meta": listen_meta(subscription_id)}
+    return orjson.dumps({"jsonrpc": "2.0", "method": method, "params": body})
 
 
 # -- 2026-07-28 per-request envelope ----------------------------------------------------------

@@ -266,8 +266,10 @@ class HTTPConnection:
                 # response beside them (a disconnect cancels both), and a complete answer goes
                 # out now, not after the schedule point that closing the nursery is (under load
                 # that point queues it behind every other runnable task).
-                completed = await self._send_response(request, response)
+                # Marked first: a disconnect cancels this write mid-body, and the response
+                # must not then be started a second time below (h11 would refuse it).
                 sent = True
+                completed = await self._send_response(request, response)
             if self.watching:
                 # Stops the watcher and the request's tasks (also when the app failed after
                 # starting one); a cancelled receive_some consumes no bytes, so nothing the

@@ -57,9 +57,13 @@ class Call:
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
+        await self.send(encode_notification(method, params))
+
+    async def send(self, message: bytes) -> None:
+        """Send an encoded message for this request, unless its response has gone out."""
         async with self.lock:
             if not self.closed:
-                await self.sink(encode_notification(method, params))
+                await self.sink(message)
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
         if self.token is None:

@@ -14,11 +14,25 @@ import jsonschema
 
 from datapulse.core import mcp
 from datapulse.core.jsonrpc import DEFAULT_MAX_BATCH_ITEMS, DEFAULT_MAX_DEPTH
+from datapulse.features.catalog import Catalog
 from datapulse.metrics import Metrics
 from datapulse.protocol import methods
+from datapulse.protocol.notices import Notices
 from datapulse.protocol.session import Handler
 from datapulse.tools.registry import Tool, ToolRegistry
 from datapulse.version import __version__
+
+# The methods both eras serve, with the same meaning.
+_SHARED_METHODS: dict[str, Handler] = {
+    "tools/list": methods.list_tools,
+    "tools/call": methods.call_tool,
+    "resources/list": methods.list_resources,
+    "resources/templates/list": methods.list_resource_templates,
+    "resources/read": methods.read_resource,
+    "prompts/list": methods.list_prompts,
+    "prompts/get": methods.get_prompt,
+    "completion/complete": methods.complete,
+}
 
 
 class Dispatcher:
@@ -26,7 +40,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        registry: ToolRegistry,
+        registry: ToolRegistry | Catalog,
         *,
         server_name: str = "datapulse",
         server_version: str = __version__,
@@ -38,6 +52,8 @@ class Dispatcher:
         max_depth: int = DEFAULT_MAX_DEPTH,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
         metrics: Metrics | None = None,
+        notices: Notices | None = None,
+        max_subscriptions: int = 256,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -48,7 +64,11 @@ class Dispatcher:
             raise ValueError("call_timeout_s must be positive")
         if default_log_level is not None and not mcp.is_log_level(default_log_level):
             raise ValueError(f"unknown log level {default_log_level!r}")
-        self.registry = registry
+        # A bare ToolRegistry (tools only) is a catalog with nothing else in it.
+        self.catalog = registry if isinstance(registry, Catalog) else Catalog(registry)
+        self.registry = self.catalog.tools
+        self.notices = notices if notices is not None else Notices()
+        self.max_subscriptions = max_subscriptions
         self.metrics = metrics if metrics is not None else Metrics()
         self.server_name = server_name
         self.server_version = server_version
@@ -65,15 +85,17 @@ class Dispatcher:
         self.handshake_methods: dict[str, Handler] = {
             "initialize": methods.initialize,
             "ping": methods.ping,
-            "tools/list": methods.list_tools,
-            "tools/call": methods.call_tool,
             "logging/setLevel": methods.set_level,
+            "resources/subscribe": methods.subscribe,
+            "resources/unsubscribe": methods.unsubscribe,
+            **_SHARED_METHODS,
         }
-        # 2026-07-28 removed initialize, ping and logging/setLevel: they answer -32601 there.
+        # 2026-07-28 removed initialize, ping, logging/setLevel and resources/(un)subscribe
+        # (subscriptions/listen replaces them, with the GET stream): -32601 there.
         self.modern_methods: dict[str, Handler] = {
             "server/discover": methods.discover,
-            "tools/list": methods.list_tools,
-            "tools/call": methods.call_tool,
+            "subscriptions/listen": methods.listen,
+            **_SHARED_METHODS,
         }
 
     def check_output(self, tool: Tool, output: Any) -> str | None:

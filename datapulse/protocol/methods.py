@@ -18,8 +18,16 @@ import trio
 from datapulse.core import mcp
 from datapulse.core.jsonrpc import InvalidRequest
 from datapulse.core.tokens import has_scope
-from datapulse.errors import Forbidden, InvalidParams, ToolError, TooManyRequests
+from datapulse.errors import (
+    Forbidden,
+    InvalidParams,
+    ResourceNotFound,
+    ToolError,
+    TooManyRequests,
+    quote,
+)
 from datapulse.protocol.call import Call
+from datapulse.protocol.notices import ListenStream
 from datapulse.protocol.session import McpSession
 from datapulse.tools.registry import Tool, ToolContext
 
@@ -57,12 +65,110 @@ async def discover(session: McpSession, call: Call) -> dict[str, Any]:
 
 
 async def list_tools(session: McpSession, call: Call) -> dict[str, Any]:
+    return _page(session, call, "tools", [t.describe() for t in session.dispatcher.registry])
+
+
+def _page(session: McpSession, call: Call, key: str, entries: list[Any]) -> dict[str, Any]:
+    """One page of a list method's result (``entries`` already described)."""
     d = session.dispatcher
-    page, next_cursor = mcp.paginate(list(d.registry), call.params.get("cursor"), d.page_size)
-    result = mcp.list_tools_result([t.describe() for t in page], session.protocol_version)
+    page, next_cursor = mcp.paginate(entries, call.params.get("cursor"), d.page_size)
+    result: dict[str, Any] = {key: mcp.for_version(page, session.protocol_version)}
     if next_cursor is not None:
         result["nextCursor"] = next_cursor
     return mcp.cacheable(result) if session.modern else result
+
+
+async def list_resources(session: McpSession, call: Call) -> dict[str, Any]:
+    resources = session.dispatcher.catalog.resources.resources()
+    return _page(session, call, "resources", [r.describe() for r in resources])
+
+
+async def list_resource_templates(session: McpSession, call: Call) -> dict[str, Any]:
+    templates = session.dispatcher.catalog.resources.templates()
+    return _page(session, call, "resourceTemplates", [t.describe() for t in templates])
+
+
+def _uri_of(call: Call) -> str:
+    uri = call.params.get("uri")
+    if not isinstance(uri, str) or not uri:
+        raise InvalidParams(f"{call.request.method} needs a string uri")
+    return uri
+
+
+def _not_found(session: McpSession, exc: ResourceNotFound) -> InvalidParams:
+    # 2026-07-28 answers -32602 where every handshake revision named -32002.
+    if session.modern:
+        return InvalidParams(exc.detail, data={"uri": exc.uri})
+    return exc
+
+
+async def read_resource(session: McpSession, call: Call) -> dict[str, Any]:
+    uri = _uri_of(call)
+    try:
+        contents = await session.dispatcher.catalog.resources.read(uri)
+    except ResourceNotFound as exc:
+        raise _not_found(session, exc) from None
+    result = {"contents": contents}
+    return mcp.cacheable(result) if session.modern else result
+
+
+async def subscribe(session: McpSession, call: Call) -> dict[str, Any]:
+    uri = _uri_of(call)
+    resources = session.dispatcher.catalog.resources
+    if not resources.exists(uri):
+        raise ResourceNotFound(uri)
+    subscriptions = session.state.subscriptions
+    if uri not in subscriptions:
+        limit = session.dispatcher.max_subscriptions
+        if len(subscriptions) >= limit:
+            raise InvalidParams(f"at most {limit} resource subscriptions per session")
+        subscriptions.append(uri)
+    return {}
+
+
+async def unsubscribe(session: McpSession, call: Call) -> dict[str, Any]:
+    uri = _uri_of(call)
+    if uri in session.state.subscriptions:
+        session.state.subscriptions.remove(uri)
+    return {}
+
+
+async def listen(session: McpSession, call: Call) -> dict[str, Any]:
+    """2026-07-28 ``subscriptions/listen``: acknowledge, then relay what the filter asked for
+    until the client closes the stream (this call is cancelled) or the server ends it (a
+    result: the spec's graceful close)."""
+    wanted = mcp.parse_listen_filter(call.params)
+    for uri in wanted.resource_subscriptions:
+        if not session.dispatcher.catalog.resources.exists(uri):
+            raise InvalidParams(f"no resource {quote(uri)}", data={"uri": uri})
+    subscription_id = call.request.id
+    stream = ListenStream(subscription_id, wanted, call.send)
+    # Registered before the acknowledgment goes out, so nothing that happens after the client
+    # reads it is missed; the acknowledgment is the call's first message all the same, because
+    # every message goes through the call's one lock, in order.
+    with session.dispatcher.notices.listen(stream):
+        params = {"notifications": wanted.to_wire()}
+        await call.send(
+            mcp.listen_notification(
+                "notifications/subscriptions/acknowledged", params, subscription_id
+            )
+        )
+        await stream.ended.wait()
+    return {"_meta": mcp.listen_meta(subscription_id)}
+
+
+async def list_prompts(session: McpSession, call: Call) -> dict[str, Any]:
+    prompts = session.dispatcher.catalog.prompts
+    return _page(session, call, "prompts", [p.describe() for p in prompts])
+
+
+async def get_prompt(session: McpSession, call: Call) -> dict[str, Any]:
+    prompt = session.dispatcher.catalog.prompts.get(call.params.get("name"))
+    return await prompt.render(call.params.get("arguments"))
+
+
+async def complete(session: McpSession, call: Call) -> dict[str, Any]:
+    return await session.dispatcher.catalog.completions.complete(call.params)
 
 
 async def set_level(session: McpSession, call: Call) -> dict[str, Any]:

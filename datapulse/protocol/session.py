@@ -43,8 +43,10 @@ from datapulse.core.jsonrpc import (
     parse_message,
 )
 from datapulse.errors import QUOTE_CHARS, DatapulseError, InvalidParams, quote
+from datapulse.features.catalog import Catalog
 from datapulse.metrics import Metrics
 from datapulse.protocol.call import Call, MessageSink
+from datapulse.protocol.notices import Notices
 from datapulse.protocol.state import ProtocolState
 from datapulse.tools.registry import Tool, ToolRegistry
 
@@ -73,6 +75,9 @@ class DispatcherView(Protocol):
     """What a session and its methods read of the server-wide ``Dispatcher``."""
 
     registry: ToolRegistry
+    catalog: Catalog
+    notices: Notices
+    max_subscriptions: int
     server_name: str
     server_version: str
     instructions: str | None

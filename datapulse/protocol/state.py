@@ -28,6 +28,8 @@ class ProtocolState:
     client_capabilities: dict[str, Any] | None = None
     client_ready: bool = False
     log_level: str | None = None
+    subscriptions: list[str] = dataclasses.field(default_factory=list)
+    """The resource URIs the client subscribed to (``resources/subscribe``), in order."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe copy (the client's objects came from JSON, so they are JSON too)."""
@@ -52,6 +54,10 @@ class ProtocolState:
         for name in ("client_info", "client_capabilities"):
             if not isinstance(getattr(state, name), dict | None):
                 raise ValueError(f"{name} must be an object or null")
+        if not isinstance(state.subscriptions, list) or not all(
+            isinstance(uri, str) for uri in state.subscriptions
+        ):
+            raise ValueError("subscriptions must be a list of strings")
         if state.log_level is not None and not mcp.is_log_level(state.log_level):
             raise ValueError(f"unknown log level {state.log_level!r}")
         return state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,7 +37,13 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def register_builtins(registry: ToolRegistry, policy: FetchPolicy) -> None:
+def register_builtins(
+    registry: ToolRegistry, policy: FetchPolicy | Callable[[], FetchPolicy]
+) -> None:
+    """Register get_time and fetch_url. ``policy`` may be a function returning the policy in
+    force, read at each call (a server reconfigured before it serves changes it)."""
+    policy_now = policy if callable(policy) else (lambda: policy)
+
     @registry.tool(
         "get_time",
         description="Current UTC time in ISO 8601 with a Z suffix.",
@@ -55,4 +62,4 @@ def register_builtins(registry: ToolRegistry, policy: FetchPolicy) -> None:
         output_schema=FETCH_OUTPUT,
     )
     async def fetch(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
-        return await fetch_url(arguments["url"], policy)
+        return await fetch_url(arguments["url"], policy_now())

@@ -2,24 +2,40 @@
 
 A tool is a name, a description, a JSON Schema for its input (and optionally its output), an
 optional OAuth scope it requires, and an async handler ``handler(arguments, context)``. The
-registry validates arguments against the input schema before the handler runs, so handlers can
-trust their input's shape. Transports never call handlers directly: the protocol layer
+registry validates arguments before the handler runs, so handlers can trust their input's shape.
+
+Two ways to write one, both through ``ToolRegistry.tool``:
+
+* **typed**: ``async def add(a: int, b: int = 1) -> int``. The schemas come from the signature
+  and the return annotation (``tools.signature``), arguments are validated and converted by
+  pydantic, a ``ToolContext`` parameter is injected, and a sync function runs in a worker
+  thread so it cannot stall the event loop.
+* **raw**: ``async def echo(arguments, context)`` with ``input_schema=`` (or no schema: no
+  arguments). Arguments are checked with jsonschema and handed over as the dict they are.
+
+``tool`` tells them apart by the signature (see ``_is_raw``); ``raw=`` overrides the guess. Transports never call handlers directly: the protocol layer
 (``datapulse.protocol.methods``) checks arguments with ``validate_arguments`` and runs the tool
 with ``run``, so validation and error mapping are the same on every transport.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 
+from datapulse.core import mcp
 from datapulse.core.mcp_http import invalid_header_annotation
 from datapulse.errors import InvalidParams, UnknownTool
+from datapulse.tools.signature import WRAPPED_KEY as WRAPPED
+from datapulse.tools.signature import FunctionSignature
 
+F = TypeVar("F", bound=Callable[..., Any])
 ToolHandler = Callable[[dict[str, Any], "ToolContext"], Awaitable[Any]]
 ProgressSink = Callable[[float, float | None, str | None], Awaitable[None]]
 LogSink = Callable[[str, Any], Awaitable[None]]
@@ -71,17 +87,58 @@ class Tool:
     input_schema: Mapping[str, Any] = field(default_factory=lambda: dict(EMPTY_OBJECT_SCHEMA))
     output_schema: Mapping[str, Any] | None = None
     required_scope: str | None = None
+    title: str | None = None
+    annotations: Mapping[str, Any] | None = None
+    """MCP tool annotations (``readOnlyHint``, ``destructiveHint``...): hints, never trusted."""
+    signature: FunctionSignature | None = None
+    """Set for a typed tool: its arguments are validated by the signature, not by jsonschema."""
 
     def describe(self) -> dict[str, Any]:
-        """The MCP ``tools/list`` entry for this tool."""
-        entry: dict[str, Any] = {
-            "name": self.name,
-            "description": self.description,
-            "inputSchema": dict(self.input_schema),
-        }
+        """The MCP ``tools/list`` entry for this tool (``core.mcp`` trims it per revision)."""
+        entry: dict[str, Any] = {"name": self.name}
+        if self.title is not None:
+            entry["title"] = self.title
+        entry["description"] = self.description
+        entry["inputSchema"] = dict(self.input_schema)
         if self.output_schema is not None:
             entry["outputSchema"] = dict(self.output_schema)
+        if self.annotations:
+            entry["annotations"] = dict(self.annotations)
         return entry
+
+
+def typed_handler(signature: FunctionSignature) -> ToolHandler:
+    """The ``(arguments, context)`` handler that calls a typed function with its keyword
+    arguments (already validated by ``signature.bind``) and the injected context."""
+    injected = tuple(signature.injected)
+
+    async def handler(arguments: dict[str, Any], context: ToolContext) -> Any:
+        kwargs = dict(arguments)
+        for name in injected:
+            kwargs[name] = context
+        value = await signature.call(kwargs)
+        if signature.output_adapter is None or isinstance(value, mcp.ToolOutput):
+            return value  # checked against an explicit outputSchema, if any, by the dispatcher
+        structured = signature.to_json(value)  # raises ToolError when it breaks the schema
+        shown = structured[WRAPPED] if signature.wrap_output else structured
+        return mcp.ToolOutput(content=mcp.text_content(shown), structured_content=structured)
+
+    return handler
+
+
+def _is_raw(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is written ``(arguments, context)``: the raw form's two parameters, under
+    the names every raw tool uses. A typed tool with exactly those names is told apart with
+    ``raw=False``."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return (
+        len(params) == 2
+        and params[0].name in ("arguments", "args")
+        and params[1].name in ("context", "ctx")
+    )
 
 
 class ToolRegistry:
@@ -90,6 +147,12 @@ class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
         self._validators: dict[str, jsonschema.protocols.Validator] = {}
+        self.on_change: list[Callable[[], None]] = []
+        """Called after a tool is added or removed (the server sends ``list_changed``)."""
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     def add(self, tool: Tool) -> Tool:
         if not _TOOL_NAME.fullmatch(tool.name):
@@ -101,35 +164,57 @@ class ToolRegistry:
         problem = invalid_header_annotation(dict(tool.input_schema))
         if problem is not None:
             raise ValueError(f"tool {tool.name!r}: {problem}")
-        validator_cls = jsonschema.validators.validator_for(tool.input_schema)
-        validator_cls.check_schema(dict(tool.input_schema))
-        self._validators[tool.name] = validator_cls(dict(tool.input_schema))
+        if tool.signature is None:
+            validator_cls = jsonschema.validators.validator_for(tool.input_schema)
+            validator_cls.check_schema(dict(tool.input_schema))
+            self._validators[tool.name] = validator_cls(dict(tool.input_schema))
         self._tools[tool.name] = tool
+        self._changed()
+        return tool
+
+    def remove(self, name: str) -> Tool:
+        """Unregister a tool (calls already running finish); UnknownTool if there is none."""
+        tool = self.get(name)
+        del self._tools[name]
+        self._validators.pop(name, None)
+        self._changed()
         return tool
 
     def tool(
         self,
         name: str | None = None,
         *,
+        title: str | None = None,
         description: str | None = None,
         input_schema: Mapping[str, Any] | None = None,
         output_schema: Mapping[str, Any] | None = None,
+        annotations: Mapping[str, Any] | None = None,
         scope: str | None = None,
-    ) -> Callable[[ToolHandler], ToolHandler]:
-        """Decorator: ``@registry.tool("name", input_schema={...})`` over ``async def f(args, ctx)``."""
+        raw: bool | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator registering ``fn`` as a tool and returning it unchanged.
 
-        def register(handler: ToolHandler) -> ToolHandler:
+        ``@registry.tool()`` over a typed function (schemas from its annotations), or
+        ``@registry.tool("name", input_schema={...})`` over ``async def f(arguments, context)``.
+        """
+        if callable(name):  # used bare, as @registry.tool
+            raise TypeError("use @tool() with parentheses")
+
+        def register(fn: F) -> F:
             self.add(
-                Tool(
-                    name=name or handler.__name__,
-                    description=description or (handler.__doc__ or "").strip(),
-                    handler=handler,
-                    input_schema=input_schema or dict(EMPTY_OBJECT_SCHEMA),
+                make_tool(
+                    fn,
+                    name=name,
+                    title=title,
+                    description=description,
+                    input_schema=input_schema,
                     output_schema=output_schema,
-                    required_scope=scope,
+                    annotations=annotations,
+                    scope=scope,
+                    raw=raw,
                 )
             )
-            return handler
+            return fn
 
         return register
 
@@ -139,8 +224,8 @@ class ToolRegistry:
         except KeyError:
             raise UnknownTool(f"unknown tool: {name}") from None
 
-    def __iter__(self) -> Any:
-        return iter(self._tools.values())
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(list(self._tools.values()))  # a snapshot: tools may come and go meanwhile
 
     def __len__(self) -> int:
         return len(self._tools)
@@ -150,11 +235,15 @@ class ToolRegistry:
 
     def validate_arguments(self, name: str, arguments: Any) -> dict[str, Any]:
         """Check ``arguments`` against the tool's input schema; raise InvalidParams naming the field."""
-        self.get(name)
+        if name not in self._tools:
+            self.get(name)  # raises UnknownTool
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict):
             raise InvalidParams(f"arguments for {name} must be an object")
+        tool = self._tools[name]
+        if tool.signature is not None:
+            return tool.signature.bind(arguments, f"arguments for {name}")
         validator = self._validators[name]
         # is_valid stops at the first failure and builds no error objects: the common case (valid
         # arguments) costs a fraction of iter_errors + best_match, which only bad input pays for.
@@ -169,3 +258,59 @@ class ToolRegistry:
     async def run(self, tool: Tool, checked_arguments: dict[str, Any], context: ToolContext) -> Any:
         """Run a tool whose arguments ``validate_arguments`` already accepted (no second check)."""
         return await tool.handler(checked_arguments, context)
+
+
+def make_tool(
+    fn: Callable[..., Any],
+    *,
+    name: str | None = None,
+    title: str | None = None,
+    description: str | None = None,
+    input_schema: Mapping[str, Any] | None = None,
+    output_schema: Mapping[str, Any] | None = None,
+    annotations: Mapping[str, Any] | None = None,
+    scope: str | None = None,
+    raw: bool | None = None,
+) -> Tool:
+    """A ``Tool`` for ``fn`` in whichever form it is written (see the module docstring)."""
+    name = name or str(getattr(fn, "__name__", ""))
+    description = description or inspect.cleandoc(fn.__doc__ or "")
+    if raw is None:
+        raw = input_schema is not None or _is_raw(fn)
+    if raw:
+        if not inspect.iscoroutinefunction(inspect.unwrap(fn)):
+            raise TypeError(f"tool {name!r}: a raw (arguments, context) tool must be async")
+        return Tool(
+            name=name,
+            description=description,
+            handler=fn,
+            input_schema=input_schema or dict(EMPTY_OBJECT_SCHEMA),
+            output_schema=output_schema,
+            required_scope=scope,
+            title=title,
+            annotations=annotations,
+        )
+    if input_schema is not None:
+        raise TypeError(f"tool {name!r}: input_schema= is for raw (arguments, context) tools")
+    signature = FunctionSignature.of(fn, inject=(ToolContext,))
+    if signature.injected and not signature.is_async:
+        raise TypeError(
+            f"tool {name!r}: a sync function runs in a worker thread and cannot use a"
+            " ToolContext; make it async"
+        )
+    if output_schema is not None:
+        # An explicit schema describes what the function returns, as it returns it.
+        signature = dataclasses.replace(
+            signature, output_schema=dict(output_schema), wrap_output=False, output_adapter=None
+        )
+    return Tool(
+        name=name,
+        description=description,
+        handler=typed_handler(signature),
+        input_schema=signature.input_schema,
+        output_schema=signature.output_schema,
+        required_scope=scope,
+        title=title,
+        annotations=annotations,
+        signature=signature,
+    )

@@ -58,6 +58,11 @@ class LegacySseTransport:
             try:
                 self.context.auth.bind_ticket(request, live.id, KIND)
                 live.protocol = self.context.protocol_session(principal, session_id=live.id)
+
+                async def to_stream(data: bytes) -> None:  # server notifications
+                    await sessions.publish(live, data.decode(), "message")
+
+                self.context.dispatcher.notices.attach(live.protocol, to_stream)
                 endpoint = encode_data(f"{MESSAGES_PATH}?session_id={live.id}", event="endpoint")
                 await sessions.stream_session(
                     live, out, resume_after=None, preamble=endpoint, control=control_comment

@@ -124,7 +124,17 @@ class StreamableTransport:
             if saved is not None:
                 protocol.state = ProtocolState.from_dict(saved)
             live.protocol = protocol
+            self._attach(live, protocol)
         return live, protocol
+
+    def _attach(self, live: LiveSession, protocol: McpSession) -> None:
+        """Server notifications (list changes, resource updates) go to the session's own log,
+        which its GET stream reads (and replays, when the client reconnects)."""
+
+        async def to_session_log(data: bytes) -> None:
+            await self.sessions.publish(live, data.decode())
+
+        self.context.dispatcher.notices.attach(protocol, to_session_log)
 
     # -- POST ----------------------------------------------------------------------------------
 
@@ -165,6 +175,7 @@ class StreamableTransport:
             await self.sessions.close(live, "initialize_failed")
             return Response(200, list(JSON_HEADERS), body)
         await self.sessions.save_protocol(live)
+        self._attach(live, protocol)
         return Response(200, [*JSON_HEADERS, ("Mcp-Session-Id", live.id)], body)
 
     async def _request(

@@ -22,8 +22,9 @@ import trio
 
 from datapulse.core import mcp, mcp_http
 from datapulse.core.jsonrpc import InvalidRequest, Notification, Request
+from datapulse.core.media import accepts
 from datapulse.core.sse import encode_retry
-from datapulse.errors import DatapulseError
+from datapulse.errors import DatapulseError, NotAcceptable
 from datapulse.live.stream import SSE_HEADERS, LocalLog, LogStream, control_comment
 from datapulse.net.http import BodyStream, Response, StreamingResponse
 from datapulse.net.http import Request as HttpRequest
@@ -56,6 +57,10 @@ class ModernRequests:
             mcp_http.check_routing_headers(message, headers)
             mcp.check_modern_version(meta.protocol_version)
             self._check_param_headers(request, message)
+            if message.method == "subscriptions/listen" and not accepts(
+                request.header("accept"), "text/event-stream"
+            ):
+                raise NotAcceptable("subscriptions/listen answers with an SSE stream only")
         except DatapulseError as exc:
             exc.request_id = message.id
             raise

@@ -54,6 +54,8 @@ log = logging.getLogger("datapulse.ws")
 SUBPROTOCOL = "mcp"
 WEBSOCKET_VERSION = "13"
 CLOSE_WAIT_S = 1.0
+NOTICE_BACKLOG = 64
+"""Server notifications a WebSocket may have waiting before its client counts as stuck."""
 """How long our close frame waits for the peer's (a peer that never answers is cut off)."""
 
 
@@ -199,8 +201,26 @@ class WebSocketTransport:
             except trio_websocket.ConnectionClosed:
                 stream.close_now(None, "connection closed")
 
+        # Server notifications (list changes, resource updates) come from other tasks: a
+        # bounded outbox, written by its own task, so a notifier never waits on this socket.
+        # A client that lets it fill is closed (1013) rather than silently missing messages.
+        outbox, outgoing = trio.open_memory_channel[bytes](NOTICE_BACKLOG)
+
+        async def to_outbox(data: bytes) -> None:
+            try:
+                outbox.send_nowait(data)
+            except trio.WouldBlock:
+                stream.close_now(1013, "too many notifications waiting; reconnect")
+
+        async def forward_notices() -> None:
+            async for data in outgoing:
+                await sink(data)
+
+        notices = self.context.dispatcher.notices
         with stream.live:
             async with trio.open_nursery() as calls:
+                notices.attach(protocol, to_outbox)
+                calls.start_soon(forward_notices)
                 try:
                     with stream.reading:
                         await self._read(connection, stream, protocol, sink, free, calls)
@@ -210,6 +230,7 @@ class WebSocketTransport:
                             for _ in range(slots):
                                 await free.acquire()
                 finally:
+                    notices.detach(protocol)
                     calls.cancel_scope.cancel()
                     stream.abort_writes()
 

@@ -652,8 +652,9 @@ async def test_c75_c76_initialize_result_shape(env: Env) -> None:
     assert set(result) >= {"protocolVersion", "capabilities", "serverInfo"}
     assert isinstance(result["capabilities"], dict)
     assert {"name", "version"} <= set(result["serverInfo"])
-    # c76: tools and logging (we do log); nothing we do not serve.
-    assert set(result["capabilities"]) == {"tools", "logging"}
+    # c76: what we serve (all of it answers, even while a list is empty); nothing else.
+    assert set(result["capabilities"]) == {"tools", "resources", "prompts", "completions", "logging"}
+    assert result["capabilities"]["resources"] == {"subscribe": True, "listChanged": True}
 
 
 async def test_c77_c78_ping_before_and_after_initialized(env: Env) -> None:

@@ -188,7 +188,7 @@ async def test_initialize_flow() -> None:
         "id": "init",
         "result": {
             "protocolVersion": "2025-06-18",
-            "capabilities": {"tools": {"listChanged": False}, "logging": {}},
+            "capabilities": mcp.server_capabilities("2025-06-18"),
             "serverInfo": {"name": "test-server", "version": "9.9"},
             "instructions": "be nice",
         },
@@ -233,7 +233,7 @@ async def test_ping_before_and_after_initialize() -> None:
 
 async def test_unknown_method_carries_id() -> None:
     for session in (McpSession(dispatcher()), await ready_session()):
-        sink = await request(session, "resources/list", id="q")
+        sink = await request(session, "sampling/createMessage", id="q")
         assert sink.last["id"] == "q" and sink.last["error"]["code"] == -32601
     sink = await request(await ready_session(), "server/discover")
     assert sink.last["error"]["code"] == -32601  # modern-only method
@@ -496,6 +496,7 @@ async def test_protocol_state_is_plain_data() -> None:
         "client_capabilities": {"roots": {}},
         "client_ready": True,
         "log_level": "debug",
+        "subscriptions": [],
     }
     restored = McpSession(dispatcher())
     restored.state = ProtocolState.from_dict(session.state.to_dict())
@@ -585,7 +586,7 @@ async def test_modern_discover() -> None:
     assert outcome == Outcome(responded=True)
     assert result["resultType"] == "complete"
     assert mcp.MODERN_VERSION in result["supportedVersions"]
-    assert result["capabilities"]["tools"] == {"listChanged": False}
+    assert result["capabilities"]["tools"] == {"listChanged": True}
     assert isinstance(result["ttlMs"], int) and result["cacheScope"] == "private"
     server_info = result["_meta"][mcp.META_SERVER_INFO]
     assert server_info == {"name": "test-server", "version": "9.9"}

@@ -30,6 +30,7 @@ RANKS = {
     "logs": 0,
     "core": 1,
     "tools": 2,
+    "features": 2,
     "auth": 2,
     "protocol": 3,
     "store": 3,

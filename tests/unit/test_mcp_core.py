@@ -54,7 +54,13 @@ def test_initialize_result() -> None:
     result = mcp.initialize_result("2025-06-18", "dp", "1.2")
     assert result == {
         "protocolVersion": "2025-06-18",
-        "capabilities": {"tools": {"listChanged": False}, "logging": {}},
+        "capabilities": {
+            "tools": {"listChanged": True},
+            "resources": {"subscribe": True, "listChanged": True},
+            "prompts": {"listChanged": True},
+            "logging": {},
+            "completions": {},
+        },
         "serverInfo": {"name": "dp", "version": "1.2"},
     }
     assert mcp.initialize_result("2025-06-18", "dp", "1", "hi")["instructions"] == "hi"
@@ -263,7 +269,8 @@ def test_discover_and_modern_result() -> None:
     result = mcp.modern_result(mcp.discover_result("hi"), mcp.server_info("dp", "1"))
     assert result["resultType"] == "complete"
     assert mcp.MODERN_VERSION in result["supportedVersions"]
-    assert result["capabilities"]["tools"] == {"listChanged": False}
+    assert result["capabilities"]["tools"] == {"listChanged": True}
+    assert "completions" not in mcp.server_capabilities("2024-11-05")
     assert result["ttlMs"] == 0 and result["cacheScope"] in ("public", "private")
     assert result["_meta"][mcp.META_SERVER_INFO] == {"name": "dp", "version": "1"}
     assert result["instructions"] == "hi"
