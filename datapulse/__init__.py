@@ -1,11 +1,16 @@
 """datapulse: an MCP server over Server-Sent Events, on Trio and h11.
 
-Public surface: ``Server`` (embed it, register tools, publish events), ``serve`` (run one with the
-built-in tools), ``Config``, ``ToolRegistry``/``ToolContext``, and the error tree.
+Public surface: ``Server`` (embed it; register tools, resources, prompts and completions with
+its decorators; publish events and resource updates), ``serve`` (run one with the built-in
+tools), ``Config``, ``ToolContext``/``ToolOutput`` for tools, ``ResourceContents`` and
+``PromptMessage`` for readers and prompts, ``ToolRegistry``, and the error tree.
 """
 
 from datapulse.config import Config, config_from_env
-from datapulse.errors import DatapulseError, SessionNotFound, ToolError
+from datapulse.core.mcp import ToolOutput
+from datapulse.errors import DatapulseError, ResourceNotFound, SessionNotFound, ToolError
+from datapulse.features.prompts import PromptMessage
+from datapulse.features.resources import ResourceContents
 from datapulse.server import Server, ServerInfo, serve
 from datapulse.tools.registry import Tool, ToolContext, ToolRegistry
 from datapulse.version import __version__
@@ -13,12 +18,16 @@ from datapulse.version import __version__
 __all__ = [
     "Config",
     "DatapulseError",
+    "PromptMessage",
+    "ResourceContents",
+    "ResourceNotFound",
     "Server",
     "ServerInfo",
     "SessionNotFound",
     "Tool",
     "ToolContext",
     "ToolError",
+    "ToolOutput",
     "ToolRegistry",
     "__version__",
     "config_from_env",

@@ -11,12 +11,14 @@ import gc
 import logging
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import trio
 
 from datapulse import __version__
+from datapulse.app import AppLoadError, load_app
 from datapulse.auth.redact import install_redactor, redact, redact_handlers
 from datapulse.auth.setup import AuthStartupError
 from datapulse.config import Config, config_from_env, default_text, parse_value, settings
@@ -61,8 +63,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
     return config_from_env(**overrides)
 
 
-async def run(config: Config) -> None:
-    server = Server(config)
+async def run(config: Config, server: Server | None = None) -> None:
+    if server is None:
+        server = Server(config, builtin_tools=True)  # the default app: the built-ins
     # Before any nursery, so that a JWT discovery failure reaches main() unwrapped.
     await server.open_verifier()
 
@@ -135,8 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every line printed, ours and the libraries', without a credential in it.
     redact_handlers(logging.getLogger().handlers)
     install_redactor()
+    server = None
+    if config.app:
+        try:
+            server = load_app(config.app)
+            server.configure(config)
+        except AppLoadError as exc:
+            print(f"datapulse: cannot load --app: {exc}", file=sys.stderr)
+            return 2
+        except Exception:
+            # The app's own code failed while it loaded: its traceback is the operator's to read.
+            print(f"datapulse: --app {config.app} failed to load:", file=sys.stderr)
+            traceback.print_exc()
+            return 2
     try:
-        trio.run(run, config)
+        trio.run(run, config, server)
     except (OSError, AuthStartupError) as exc:
         print(f"datapulse: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -205,6 +205,13 @@ class Config:
         "DATAPULSE_METRICS_PORT",
         "serve /metrics without auth on this loopback port (0: off; /metrics then needs the token)",
     )
+    # The app
+    app: str = _setting(
+        "",
+        "--app",
+        "DATAPULSE_APP",
+        "what to serve: path/to/app.py:server or package.module:server (default: the built-ins)",
+    )
 
     def __post_init__(self) -> None:
         positive = [

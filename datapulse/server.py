@@ -2,12 +2,16 @@
 
     server = Server(Config(port=0))
 
-    @server.tool("echo", input_schema={...})
-    async def echo(arguments, context): ...
+    @server.tool()
+    async def add(a: int, b: int = 1) -> int: ...
+
+    @server.resource("notes://{name}")
+    async def note(name: str) -> str: ...
 
     async with trio.open_nursery() as nursery:
         info = await nursery.start(server.serve)   # ServerInfo(url=..., port=..., token=...)
-        await server.publish(session_id, {"hello": "world"})
+        await server.publish(session_id, {"hello": "world"})     # an /events session
+        await server.notify_resource_updated("notes://todo")     # every subscriber
 
 ``serve`` runs until its scope is cancelled (a hard stop) or ``shutdown()`` is called (graceful:
 streams are told, in-flight requests get ``shutdown_grace_s``).
@@ -83,8 +87,11 @@ class Server:
         registry: ToolRegistry | None = None,
         verifier: Verifier | None = None,
         store: SessionStore | None = None,
-        builtin_tools: bool = True,
+        builtin_tools: bool = False,
     ) -> None:
+        """``builtin_tools``: also serve get_time, fetch_url and ``pulse://clock`` (what
+        ``python -m datapulse`` serves without ``--app``). Off by default, so an app offers
+        exactly what it registers (fetch_url reaches the network)."""
         self.catalog = Catalog(registry if registry is not None else ToolRegistry())
         self.registry = self.catalog.tools
         self.notices = Notices()
@@ -422,4 +429,4 @@ async def serve(
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a Server with the built-in tools on ``config`` (for ``nursery.start(serve, cfg)``)."""
-    await Server(config).serve(task_status=task_status)
+    await Server(config, builtin_tools=True).serve(task_status=task_status)

@@ -19,7 +19,9 @@ from datapulse import Config, Server, SessionNotFound, ToolContext
 
 
 def build_server(port: int = 8001) -> Server:
-    server = Server(Config(port=port, token="demo-token", ping_interval_s=5))
+    server = Server(
+        builtin_tools=True, config=Config(port=port, token="demo-token", ping_interval_s=5)
+    )
 
     @server.tool(
         "add",

@@ -76,7 +76,7 @@ def make_config(**overrides: Any) -> Config:
 
 
 async def start_server(nursery: trio.Nursery, **overrides: Any) -> tuple[Server, ServerInfo]:
-    server = Server(make_config(**overrides))
+    server = Server(builtin_tools=True, config=make_config(**overrides))
     info = await nursery.start(server.serve)
     return server, info
 
@@ -123,7 +123,7 @@ async def start_auth_server(
     test tools: ``secret`` (scope data:read), ``writer`` (data:write), ``echo`` (no scope)."""
     if idp is not None:
         overrides = {"jwt_issuer": idp.issuer, "jwt_audience": AUDIENCE, **overrides}
-    server = Server(make_config(**overrides))
+    server = Server(builtin_tools=True, config=make_config(**overrides))
     server.tool("secret", scope="data:read")(secret_tool)
     server.tool("writer", scope="data:write")(secret_tool)
     server.tool("sync", scope="offline_access")(secret_tool)

@@ -196,7 +196,8 @@ async def test_an_idp_down_at_start_does_not_stop_the_server(
 
 async def test_an_idp_not_listening_at_start_is_retried(nursery: trio.Nursery) -> None:
     server = Server(
-        make_config(jwt_issuer=f"http://127.0.0.1:{_closed_port()}", jwt_audience=AUDIENCE)
+        make_config(jwt_issuer=f"http://127.0.0.1:{_closed_port()}", jwt_audience=AUDIENCE),
+        builtin_tools=True,
     )
     await nursery.start(server.serve)
     verifier: Any = server.verifier
@@ -218,7 +219,9 @@ async def test_an_idp_not_listening_at_start_is_retried(nursery: trio.Nursery) -
 async def test_a_malformed_issuer_is_still_refused_at_start(
     nursery: trio.Nursery, issuer: str, expected: str
 ) -> None:
-    server = Server(make_config(jwt_issuer=issuer, jwt_audience=AUDIENCE))
+    server = Server(
+        builtin_tools=True, config=make_config(jwt_issuer=issuer, jwt_audience=AUDIENCE)
+    )
     with pytest.raises(AuthStartupError, match=expected):
         await nursery.start(server.serve)
     assert server.info is None
@@ -228,7 +231,9 @@ async def test_metadata_naming_another_issuer_is_refused_at_start(
     nursery: trio.Nursery, idp: IdP
 ) -> None:
     idp.metadata_issuer = idp.issuer + "/"
-    server = Server(make_config(jwt_issuer=idp.issuer, jwt_audience=AUDIENCE))
+    server = Server(
+        builtin_tools=True, config=make_config(jwt_issuer=idp.issuer, jwt_audience=AUDIENCE)
+    )
     with pytest.raises(AuthStartupError, match="must match exactly"):
         await nursery.start(server.serve)
 

@@ -130,12 +130,16 @@ async def test_discovery_failure_stops_the_server_before_it_listens(
 ) -> None:
     # A configuration error stops it; an IdP that is only down does not (test_auth_hardening).
     issuer = "http://idp.example.test"  # plain http to a host that is not loopback
-    server = Server(make_config(jwt_issuer=issuer, jwt_audience=AUDIENCE))
+    server = Server(
+        builtin_tools=True, config=make_config(jwt_issuer=issuer, jwt_audience=AUDIENCE)
+    )
     with trio.fail_after(TIMEOUT), pytest.raises(AuthStartupError) as info:
         await nursery.start(server.serve)
     assert issuer in str(info.value) and "https" in str(info.value)
     assert server.info is None
-    missing_audience = Server(make_config(jwt_issuer="https://idp.example"))
+    missing_audience = Server(
+        builtin_tools=True, config=make_config(jwt_issuer="https://idp.example")
+    )
     with trio.fail_after(TIMEOUT), pytest.raises(AuthStartupError, match="JWT_AUDIENCE"):
         await nursery.start(missing_audience.serve)
 

@@ -186,7 +186,10 @@ async def test_eventsource_with_a_ticket_reconnects_and_misses_nothing(
         routes={"/": Canned(headers=(("Content-Type", "text/html; charset=utf-8"),), body=PAGE)}
     )
     await nursery.start(static.run)
-    server = Server(make_config(cors_origins=static.url, retry_ms=1000, ping_interval_s=1.0))
+    server = Server(
+        builtin_tools=True,
+        config=make_config(cors_origins=static.url, retry_ms=1000, ping_interval_s=1.0),
+    )
     server.tool("echo", input_schema={"type": "object", "required": ["n"]})(echo)
     await nursery.start(server.serve)
     harness = Harness(server, static.url + "/")

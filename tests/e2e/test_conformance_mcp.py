@@ -301,7 +301,7 @@ async def test_c37_expired_session_is_404(nursery: trio.Nursery) -> None:
 
 async def test_c38_another_principal_cannot_use_a_session(nursery: trio.Nursery) -> None:
     verifier = ChainVerifier([BearerVerifier("alice-token"), BearerVerifier("bob-token")])
-    server = Server(make_config(token=None), verifier=verifier)
+    server = Server(builtin_tools=True, config=make_config(token=None), verifier=verifier)
     info = await nursery.start(server.serve)
     alice = {**BASE, "Authorization": "Bearer alice-token"}
     bob = {**BASE, "Authorization": "Bearer bob-token"}
@@ -653,7 +653,13 @@ async def test_c75_c76_initialize_result_shape(env: Env) -> None:
     assert isinstance(result["capabilities"], dict)
     assert {"name", "version"} <= set(result["serverInfo"])
     # c76: what we serve (all of it answers, even while a list is empty); nothing else.
-    assert set(result["capabilities"]) == {"tools", "resources", "prompts", "completions", "logging"}
+    assert set(result["capabilities"]) == {
+        "tools",
+        "resources",
+        "prompts",
+        "completions",
+        "logging",
+    }
     assert result["capabilities"]["resources"] == {"subscribe": True, "listChanged": True}
 
 

@@ -210,7 +210,7 @@ class _Anyone:
 
 
 async def test_c14_python_sdk_cli_initializes_over_sse(nursery: trio.Nursery) -> None:
-    server = Server(make_config(), verifier=_Anyone())
+    server = Server(builtin_tools=True, config=make_config(), verifier=_Anyone())
     info = await nursery.start(server.serve)
     with trio.fail_after(8):
         done = await trio.run_process(

@@ -72,7 +72,7 @@ async def test_graceful_shutdown_tells_streams_and_returns(nursery: trio.Nursery
     from datapulse import Server
     from tests.helpers import AUTH, make_config
 
-    server = Server(make_config())
+    server = Server(builtin_tools=True, config=make_config())
     done = trio.Event()
 
     async def run() -> None:

@@ -250,7 +250,7 @@ async def test_sessions_are_bound_to_their_principal(nursery: trio.Nursery) -> N
 
     from tests.helpers import make_config
 
-    server = Server(make_config(), verifier=TwoUsers())
+    server = Server(builtin_tools=True, config=make_config(), verifier=TwoUsers())
     info = await nursery.start(server.serve)
     async with httpx.AsyncClient(base_url=info.url) as client:
         alice = {"Authorization": "Bearer alice"}

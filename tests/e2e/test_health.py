@@ -80,7 +80,7 @@ async def test_both_answer_without_authorization_and_make_no_session(
 
 
 async def test_readyz_is_not_ready_before_serve_listens() -> None:
-    server = Server(make_config())  # never served: nothing is listening
+    server = Server(builtin_tools=True, config=make_config())  # never served: nothing is listening
     readiness = await server.health.readiness()
     assert not readiness.ready
     assert readiness.body() == {
@@ -251,7 +251,7 @@ async def test_readyz_asks_a_store_that_can_say(
 ) -> None:
     monkeypatch.setattr(health, "STORE_TIMEOUT_S", 0.2)
     store = ProbedStore()
-    server = Server(make_config(), store=store)
+    server = Server(builtin_tools=True, config=make_config(), store=store)
     assert server.store is store
     await nursery.start(server.serve)
     not_ready = {

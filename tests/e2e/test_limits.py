@@ -157,7 +157,11 @@ async def test_sessions_per_principal_over_the_limit_get_429(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="datapulse.sessions")
-    server = Server(make_config(max_sessions_per_principal=2), verifier=TwoPrincipals())
+    server = Server(
+        builtin_tools=True,
+        config=make_config(max_sessions_per_principal=2),
+        verifier=TwoPrincipals(),
+    )
     info = await nursery.start(server.serve)
     init = wire(rpc("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}}))
     async with httpx.AsyncClient(base_url=info.url, timeout=5) as http:

@@ -185,7 +185,7 @@ async def test_page_lists_and_calls_tools_and_survives_drops(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     assert shutil.which(CHROMIUM), f"{CHROMIUM} is missing: apt-get install -y chromium"
-    server = Server(make_config(retry_ms=500, ping_interval_s=1.0))
+    server = Server(builtin_tools=True, config=make_config(retry_ms=500, ping_interval_s=1.0))
     info = await nursery.start(server.serve)
     harness = Harness(server, tmp_path / "page.png")
     server.router.after.append(harness.record)
@@ -225,7 +225,7 @@ async def test_page_lists_and_calls_tools_and_survives_drops(
 
 
 async def test_page_files_are_served_with_strict_headers(nursery: trio.Nursery) -> None:
-    server = Server(make_config())
+    server = Server(builtin_tools=True, config=make_config())
     info = await nursery.start(server.serve)
     async with httpx.AsyncClient(base_url=info.url, timeout=5) as http:
         index = await http.get("/")  # public: no Authorization

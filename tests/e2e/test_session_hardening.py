@@ -186,7 +186,7 @@ class TwoUsers:
 
 @pytest.fixture
 async def two_users(nursery: trio.Nursery) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
-    server = Server(make_config(), verifier=TwoUsers())
+    server = Server(builtin_tools=True, config=make_config(), verifier=TwoUsers())
     info = await nursery.start(server.serve)
     async with httpx.AsyncClient(base_url=info.url, timeout=5) as http:
         yield server, http
