@@ -75,7 +75,9 @@ class UnsupportedProtocolVersion(BadRequest):
     def __init__(self, requested: str) -> None:
         super().__init__(
             f"unsupported protocol version {quote(requested)}",
-            data={"supported": list(ALL_VERSIONS), "requested": requested[:QUOTE_CHARS]},
+            # What server/discover lists (they must agree): a version this path serves. A
+            # handshake revision is not one: the client would send it in _meta and be refused.
+            data={"supported": list(MODERN_VERSIONS), "requested": requested[:QUOTE_CHARS]},
         )
 
 
