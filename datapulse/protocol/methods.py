@@ -227,12 +227,18 @@ async def run_tool(
     async def log_sink(level: str, data: Any) -> None:
         await call.log(tool.name, level, data)
 
+    if call.meta is not None:
+        capabilities = call.meta.client_capabilities
+    else:
+        capabilities = session.state.client_capabilities or {}
     context = ToolContext(
         session_id=session.session_id,
         principal_id=session.principal_id,
         scopes=call.scopes or frozenset(),
         progress_sink=call.progress,
         log_sink=log_sink,
+        client_capabilities=capabilities,
+        protocol_version=session.protocol_version,
     )
     timeout = d.call_timeout_s
     output: Any = None

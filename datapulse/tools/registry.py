@@ -69,6 +69,17 @@ class ToolContext:
     scopes: frozenset[str] = frozenset()
     progress_sink: ProgressSink = _discard_progress
     log_sink: LogSink = _discard_log
+    client_capabilities: Mapping[str, Any] = field(default_factory=dict)
+    """What the client declared it can do: ``initialize``'s capabilities in the handshake era,
+    the request's own ``_meta`` on 2026-07-28."""
+    protocol_version: str | None = None
+
+    def require_client_capability(self, capability: str) -> None:
+        """Refuse the call unless the client declared ``capability`` (``"sampling"``,
+        ``"elicitation"``...): a protocol error (-32021, HTTP 400 on 2026-07-28) rather than a
+        request the client cannot answer."""
+        if capability not in self.client_capabilities:
+            raise mcp.MissingClientCapability(capability)
 
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None

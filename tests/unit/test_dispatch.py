@@ -772,3 +772,32 @@ def test_registry_refuses_bad_x_mcp_header_annotations() -> None:
         registry.add(Tool("bad", "", handler, input_schema=bad))  # type: ignore[arg-type]
     good = {"type": "object", "properties": {"r": {"type": "string", "x-mcp-header": "Region"}}}
     registry.add(Tool("good", "", handler, input_schema=good))  # type: ignore[arg-type]
+
+
+async def test_a_tool_can_require_a_client_capability() -> None:
+    """ToolContext.require_client_capability: -32021 when the request's client lacks it (the
+    2026-07-28 _meta, or initialize's capabilities), the tool runs when it has it."""
+    registry = ToolRegistry()
+
+    @registry.tool()
+    async def needs_sampling(context: ToolContext) -> str:
+        context.require_client_capability("sampling")
+        return "sampled"
+
+    async def call(session: McpSession, params: dict[str, Any]) -> dict[str, Any]:
+        sink = Sink()
+        await session.handle(Request("c", "tools/call", params), sink)
+        return sink.last
+
+    modern_session = McpSession(Dispatcher(registry), modern=True)
+    refused = await call(modern_session, modern_params(name="needs_sampling"))
+    assert refused["error"]["code"] == -32021
+    assert refused["error"]["data"] == {"requiredCapabilities": {"sampling": {}}}
+    granted = modern_params({mcp.META_CLIENT_CAPABILITIES: {"sampling": {}}}, name="needs_sampling")
+    assert (await call(modern_session, granted))["result"]["structuredContent"] == {
+        "result": "sampled"
+    }
+    handshake = McpSession(Dispatcher(registry))
+    init = {"protocolVersion": "2025-11-25", "capabilities": {"sampling": {}}, "clientInfo": {}}
+    await handshake.handle(Request(0, "initialize", init), Sink())
+    assert (await call(handshake, {"name": "needs_sampling"}))["result"]["isError"] is False
