@@ -212,19 +212,23 @@ def list_tools_result(entries: Sequence[Mapping[str, Any]], version: str | None)
 
 
 # Fields of list entries, and the revision each arrived in: older wires keep to their own schema.
-_ENTRY_FIELDS_SINCE: Final = {
-    "annotations": "2025-03-26",
-    "title": "2025-06-18",
-    "outputSchema": "2025-06-18",
-    "icons": "2025-11-25",
+# Resources had annotations from the start (2024-11-05); tools got theirs in 2025-03-26.
+_COMMON_FIELDS_SINCE: Final = {"title": "2025-06-18", "icons": "2025-11-25"}
+_ENTRY_FIELDS_SINCE: Final[dict[str, dict[str, str]]] = {
+    "tools": {**_COMMON_FIELDS_SINCE, "annotations": "2025-03-26", "outputSchema": "2025-06-18"},
+    "resources": _COMMON_FIELDS_SINCE,
+    "resourceTemplates": _COMMON_FIELDS_SINCE,
+    "prompts": _COMMON_FIELDS_SINCE,
 }
 
 
-def for_version(entries: Sequence[Mapping[str, Any]], version: str | None) -> list[dict[str, Any]]:
-    """List entries (tools, resources, templates, prompts) as ``version`` defines them."""
-    dropped = [
-        k for k, since in _ENTRY_FIELDS_SINCE.items() if not version_at_least(version, since)
-    ]
+def for_version(
+    entries: Sequence[Mapping[str, Any]], version: str | None, *, kind: str = "tools"
+) -> list[dict[str, Any]]:
+    """List entries of ``kind`` (the result key: ``tools``, ``resources``,
+    ``resourceTemplates``, ``prompts``) as ``version`` defines them."""
+    since_table = _ENTRY_FIELDS_SINCE[kind]
+    dropped = [k for k, since in since_table.items() if not version_at_least(version, since)]
     out = []
     for entry in entries:
         copy = dict(entry)

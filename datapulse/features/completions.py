@@ -107,13 +107,25 @@ class Completions:
 
 
 def _choices(prop: Any, defs: Mapping[str, Any], prefix: str) -> list[str]:
-    """The values of an enumerated argument (Literal, Enum) that start with ``prefix``."""
-    if isinstance(prop, dict) and "$ref" in prop:
-        prop = defs.get(str(prop["$ref"]).rsplit("/", 1)[-1], {})
-    options = prop.get("enum") if isinstance(prop, dict) else None
-    if not isinstance(options, list):
-        return []
-    return [str(o) for o in options if str(o).startswith(prefix)]
+    """The values of an enumerated argument (Literal, Enum, either of them optional) that
+    start with ``prefix``."""
+    options: list[Any] = []
+    pending = [prop]
+    while pending:
+        schema = pending.pop(0)
+        if not isinstance(schema, dict):
+            continue
+        if "$ref" in schema:
+            schema = defs.get(str(schema["$ref"]).rsplit("/", 1)[-1], {})
+        if isinstance(schema.get("enum"), list):
+            options.extend(schema["enum"])
+        elif "const" in schema:
+            options.append(schema["const"])
+        for key in ("anyOf", "oneOf"):
+            if isinstance(schema.get(key), list):
+                pending.extend(schema[key])
+    values = dict.fromkeys(str(o) for o in options if o is not None)
+    return [v for v in values if v.startswith(prefix)]
 
 
 def _bounded(values: Any) -> dict[str, Any]:

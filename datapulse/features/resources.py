@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
+
 from datapulse.core import mcp
 from datapulse.errors import ResourceNotFound, ToolError
 from datapulse.tools.signature import FunctionSignature
@@ -242,10 +244,13 @@ def contents_of(uri: str, value: Any, mime_type: str | None) -> list[dict[str, A
             entry["blob"] = base64.b64encode(bytes(item)).decode("ascii")
         elif isinstance(item, str):
             entry = {"uri": uri, "mimeType": mime_type or "text/plain", "text": item}
+        elif item is None:
+            # MUST NOT answer an existing resource with empty contents, nor say ``null``.
+            raise ToolError(f"the reader of {uri} returned None; raise ResourceNotFound instead")
         else:
             try:
-                (block,) = mcp.text_content(item)
-            except (TypeError, ValueError):
+                (block,) = mcp.text_content(pydantic_core.to_jsonable_python(item))
+            except (TypeError, ValueError, pydantic_core.PydanticSerializationError):
                 raise ToolError(f"the reader of {uri} returned a value that is not JSON") from None
             entry = {"uri": uri, "mimeType": mime_type or "application/json", "text": block["text"]}
         contents.append(entry)

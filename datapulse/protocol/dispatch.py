@@ -81,7 +81,7 @@ class Dispatcher:
         self.max_depth = max_depth
         self.max_batch_items = max_batch_items
         self.info = mcp.server_info(server_name, server_version)
-        self._output_validators: dict[str, Any] = {}
+        self._output_validators: dict[str, tuple[Tool, Any]] = {}
         self.handshake_methods: dict[str, Handler] = {
             "initialize": methods.initialize,
             "ping": methods.ping,
@@ -102,11 +102,14 @@ class Dispatcher:
         """Why ``output`` breaks the tool's outputSchema (the spec's MUST), or None if it fits."""
         if tool.output_schema is None or isinstance(output, mcp.ToolOutput):
             return None
-        validator = self._output_validators.get(tool.name)
-        if validator is None:
+        cached = self._output_validators.get(tool.name)
+        # Kept with the Tool it was built for: a tool removed and registered again under the
+        # same name is checked against its own schema, not its predecessor's.
+        if cached is None or cached[0] is not tool:
             schema = dict(tool.output_schema)
-            validator = jsonschema.validators.validator_for(schema)(schema)
-            self._output_validators[tool.name] = validator
+            cached = (tool, jsonschema.validators.validator_for(schema)(schema))
+            self._output_validators[tool.name] = cached
+        validator = cached[1]
         if validator.is_valid(output):  # the common case builds no error objects
             return None
         error = jsonschema.exceptions.best_match(validator.iter_errors(output))

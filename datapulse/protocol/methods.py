@@ -24,7 +24,6 @@ from datapulse.errors import (
     ResourceNotFound,
     ToolError,
     TooManyRequests,
-    quote,
 )
 from datapulse.protocol.call import Call
 from datapulse.protocol.notices import ListenStream
@@ -72,7 +71,7 @@ def _page(session: McpSession, call: Call, key: str, entries: list[Any]) -> dict
     """One page of a list method's result (``entries`` already described)."""
     d = session.dispatcher
     page, next_cursor = mcp.paginate(entries, call.params.get("cursor"), d.page_size)
-    result: dict[str, Any] = {key: mcp.for_version(page, session.protocol_version)}
+    result: dict[str, Any] = {key: mcp.for_version(page, session.protocol_version, kind=key)}
     if next_cursor is not None:
         result["nextCursor"] = next_cursor
     return mcp.cacheable(result) if session.modern else result
@@ -98,7 +97,7 @@ def _uri_of(call: Call) -> str:
 def _not_found(session: McpSession, exc: ResourceNotFound) -> InvalidParams:
     # 2026-07-28 answers -32602 where every handshake revision named -32002.
     if session.modern:
-        return InvalidParams(exc.detail, data={"uri": exc.uri})
+        return InvalidParams(exc.detail, data=exc.extra["data"])  # the URI, cut to its bound
     return exc
 
 
@@ -140,7 +139,7 @@ async def listen(session: McpSession, call: Call) -> dict[str, Any]:
     wanted = mcp.parse_listen_filter(call.params)
     for uri in wanted.resource_subscriptions:
         if not session.dispatcher.catalog.resources.exists(uri):
-            raise InvalidParams(f"no resource {quote(uri)}", data={"uri": uri})
+            raise _not_found(session, ResourceNotFound(uri))
     subscription_id = call.request.id
     stream = ListenStream(subscription_id, wanted, call.send)
     # Registered before the acknowledgment goes out, so nothing that happens after the client

@@ -35,6 +35,7 @@ from datapulse.errors import InvalidParams, ToolError
 WRAPPED_KEY = "result"
 """The single property a non-object return value is wrapped in (``{"result": 3}``)."""
 
+_FIELD_PREFIX = "arg_"
 _MAX_PROBLEMS = 5  # named in one error; a model that sent 50 bad fields gets the first five
 
 
@@ -85,9 +86,19 @@ class FunctionSignature:
             if param.name.startswith("_"):
                 raise TypeError(f"{name}: parameter {param.name!r} starts with '_'")
             default = ... if param.default is param.empty else param.default
-            fields[param.name] = (annotation, default)
-        model = pydantic.create_model(f"{name}_arguments", __base__=_Arguments, **fields)
-        schema = model.model_json_schema()
+            # Under a private field name with the parameter's name as its alias: a parameter
+            # may be called ``schema``, ``json`` or ``model_config``, which BaseModel owns.
+            fields[_FIELD_PREFIX + param.name] = (
+                annotation,
+                pydantic.Field(default, alias=param.name),
+            )
+        try:
+            model = pydantic.create_model(f"{name}_arguments", __base__=_Arguments, **fields)
+            schema = model.model_json_schema()
+        except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError) as exc:
+            raise TypeError(f"{name}: a parameter's type has no JSON Schema: {exc}") from None
+        except pydantic.errors.PydanticInvalidForJsonSchema as exc:
+            raise TypeError(f"{name}: a parameter's type has no JSON Schema: {exc}") from None
         schema.pop("title", None)  # the generated model's name, noise to a client
         schema.setdefault("properties", {})
         output_schema, wrap, adapter = _output_of(name, hints.get("return", Any))
@@ -97,7 +108,7 @@ class FunctionSignature:
             model=model,
             input_schema=schema,
             injected=injected,
-            parameters=tuple(fields),
+            parameters=tuple(field[len(_FIELD_PREFIX) :] for field in fields),
             output_schema=output_schema,
             wrap_output=wrap,
             output_adapter=adapter,
@@ -111,7 +122,7 @@ class FunctionSignature:
             parsed = self.model.model_validate(arguments)
         except pydantic.ValidationError as exc:
             raise InvalidParams(f"invalid {what}: {describe_errors(exc)}") from None
-        return {name: getattr(parsed, name) for name in self.parameters}
+        return {name: getattr(parsed, _FIELD_PREFIX + name) for name in self.parameters}
 
     async def call(self, kwargs: dict[str, Any]) -> Any:
         """Call the function: awaited if it is async, else in a worker thread, because a
