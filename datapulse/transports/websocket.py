@@ -54,9 +54,15 @@ log = logging.getLogger("datapulse.ws")
 SUBPROTOCOL = "mcp"
 WEBSOCKET_VERSION = "13"
 CLOSE_WAIT_S = 1.0
-NOTICE_BACKLOG = 64
-"""Server notifications a WebSocket may have waiting before its client counts as stuck."""
 """How long our close frame waits for the peer's (a peer that never answers is cut off)."""
+OVERFLOW_REASON = "too many notifications waiting; reconnect"
+OVERFLOW_GRACE_S = 2.0
+"""After its outbox overflowed, how long a client may take to read the frame being written
+before the connection is cut without a close frame (it is not reading: it could not read one)."""
+
+
+class _OutboxFull(Exception):
+    """A notification found the connection's outbox full (``Notices`` counts it undelivered)."""
 
 
 class UpgradeRequired(DatapulseError):
@@ -201,22 +207,37 @@ class WebSocketTransport:
             except trio_websocket.ConnectionClosed:
                 stream.close_now(None, "connection closed")
 
-        # Server notifications (list changes, resource updates) come from other tasks: a
-        # bounded outbox, written by its own task, so a notifier never waits on this socket.
-        # A client that lets it fill is closed (1013) rather than silently missing messages.
-        outbox, outgoing = trio.open_memory_channel[bytes](NOTICE_BACKLOG)
+        # Server notifications (list changes, resource updates) come from other tasks: an
+        # outbox bounded like a session's log (--replay-events), written by its own task, so a
+        # notifier never waits on this socket. A client that lets it fill is closed with 1013
+        # rather than silently missing messages: by the forwarder, between two frames, so the
+        # frame it is writing is not cut short and the close frame can follow it.
+        outbox, outgoing = trio.open_memory_channel[bytes](self.context.config.replay_events)
+        overflowed = False
+        notices = self.context.dispatcher.notices
 
         async def to_outbox(data: bytes) -> None:
+            nonlocal overflowed
             try:
                 outbox.send_nowait(data)
             except trio.WouldBlock:
-                stream.close_now(1013, "too many notifications waiting; reconnect")
+                if not overflowed:
+                    overflowed = True
+                    notices.detach(protocol)
+                    calls.start_soon(cut_off)
+                raise _OutboxFull from None
+
+        async def cut_off() -> None:
+            await trio.sleep(OVERFLOW_GRACE_S)
+            stream.close_now(1013, OVERFLOW_REASON)  # the frame in flight never finished
 
         async def forward_notices() -> None:
             async for data in outgoing:
+                if overflowed:
+                    stream.close_now(1013, OVERFLOW_REASON)
+                    return
                 await sink(data)
 
-        notices = self.context.dispatcher.notices
         with stream.live:
             async with trio.open_nursery() as calls:
                 notices.attach(protocol, to_outbox)
