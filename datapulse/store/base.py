@@ -104,3 +104,13 @@ class SessionStore(Protocol):
         """Held events with seq > ``after``, oldest first, at most ``limit`` of them.
         ``ReplayGone`` if some of them were evicted by the log's bounds; UnknownLog if the log
         is not held."""
+
+    # -- round-trip state (2026-07-28 multi round-trip requests) ----------------------------
+
+    async def put_state(self, key: str, data: dict[str, Any], ttl_s: float) -> None:
+        """Keep ``data`` (JSON-safe) under ``key`` for ``ttl_s`` seconds: what a request that
+        asked the client for input needs when the client retries, on whichever instance."""
+
+    async def take_state(self, key: str) -> dict[str, Any] | None:
+        """The data under ``key``, removed (each state is redeemed once); None if there is
+        none: never stored, already taken, expired or evicted."""

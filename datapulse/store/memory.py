@@ -8,8 +8,9 @@ only once it is written back through the interface.
 from __future__ import annotations
 
 import copy
-from collections import deque
-from typing import Any
+import time
+from collections import OrderedDict, deque
+from typing import Any, Final
 
 from datapulse.core.eventlog import LoggedEvent, ReplayLog
 from datapulse.core.session import SessionRecord
@@ -20,6 +21,9 @@ from datapulse.store.base import (
     SessionExists,
     UnknownLog,
 )
+
+MAX_STATES: Final = 10_000
+"""Round-trip states held at once; past it the oldest goes (its retry is told to start over)."""
 
 _EMPTY = ReplayLog(1, 1)
 """Stands in for a session log that has had no event yet (never appended to)."""
@@ -35,6 +39,7 @@ class MemorySessionStore:
         self._closed: set[LogKey] = set()
         self._request_logs: dict[str, deque[LogKey]] = {}
         self._next_stream: dict[str, int] = {}
+        self._states: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
 
     # -- records ---------------------------------------------------------------------------
 
@@ -144,3 +149,20 @@ class MemorySessionStore:
         """Memory held by a session's stream-0 log (for tests and metrics)."""
         log = self._logs.get(LogKey(session_id))
         return log.size_bytes if log else 0
+
+    # -- round-trip state --------------------------------------------------------------------
+
+    async def put_state(self, key: str, data: dict[str, Any], ttl_s: float) -> None:
+        now = time.monotonic()
+        while self._states:  # expired first (oldest first), then the oldest if still full
+            oldest_key, (expires, _) = next(iter(self._states.items()))
+            if expires > now and len(self._states) < MAX_STATES:
+                break
+            del self._states[oldest_key]
+        self._states[key] = (now + ttl_s, copy.deepcopy(data))
+
+    async def take_state(self, key: str) -> dict[str, Any] | None:
+        held = self._states.pop(key, None)
+        if held is None or held[0] <= time.monotonic():
+            return None
+        return held[1]

@@ -30,8 +30,16 @@ from typing import Any, TypeVar
 import jsonschema
 
 from datapulse.core import mcp
+from datapulse.core.inputs import (
+    Elicitation,
+    ElicitResult,
+    InputRequest,
+    ListRoots,
+    Sampling,
+    check_answer,
+)
 from datapulse.core.mcp_http import invalid_header_annotation
-from datapulse.errors import InvalidParams, UnknownTool
+from datapulse.errors import InvalidParams, ToolError, UnknownTool
 from datapulse.tools.signature import WRAPPED_KEY as WRAPPED
 from datapulse.tools.signature import FunctionSignature
 
@@ -55,6 +63,13 @@ async def _discard_log(level: str, data: Any) -> None:
     return None
 
 
+InputSink = Callable[[dict[str, "InputRequest"]], Awaitable[dict[str, Any]]]
+
+
+async def _no_input(requests: dict[str, InputRequest]) -> dict[str, Any]:
+    raise ToolError("this call cannot ask the client for input")
+
+
 @dataclass
 class ToolContext:
     """What a running tool may know and do besides reading its arguments.
@@ -73,6 +88,70 @@ class ToolContext:
     """What the client declared it can do: ``initialize``'s capabilities in the handshake era,
     the request's own ``_meta`` on 2026-07-28."""
     protocol_version: str | None = None
+    input_sink: InputSink = _no_input
+    """Asks the client (``core.inputs``): a request over the stream, or ``input_required``."""
+    _asked: int = 0
+
+    # -- asking the client, mid-call ---------------------------------------------------------
+
+    async def request_input(self, requests: Mapping[str, InputRequest]) -> dict[str, Any]:
+        """Ask the client several things at once (``{"name": Elicitation(...), ...}``) and
+        return its answers by the same keys. On 2026-07-28 the call first answers
+        ``input_required`` and the tool runs again, from the start, when the client retries
+        with the answers: code before this call runs once per round, so keep it free of side
+        effects or make them idempotent. -32021 if the client did not declare a capability
+        one of the requests needs."""
+        for request in requests.values():
+            if not request.supported_by(self.client_capabilities):
+                raise mcp.MissingClientCapability(request.capability)
+        answers = await self.input_sink(dict(requests))
+        return {key: check_answer(request, answers[key]) for key, request in requests.items()}
+
+    def _key(self, kind: str, key: str | None) -> str:
+        # The n-th question of a run has the same key in every round of a 2026 call.
+        self._asked += 1
+        return key or f"{kind}-{self._asked}"
+
+    async def elicit(
+        self, message: str, schema: Mapping[str, Any] | None = None, *, key: str | None = None
+    ) -> ElicitResult:
+        """Ask the user to fill a form (``schema``: flat JSON Schema of primitive fields)."""
+        key = self._key("elicit", key)
+        answers = await self.request_input({key: Elicitation(message, schema)})
+        result: ElicitResult = answers[key]
+        return result
+
+    async def elicit_url(
+        self, message: str, url: str, *, elicitation_id: str, key: str | None = None
+    ) -> ElicitResult:
+        """Send the user to ``url`` (2025-11-25 URL mode: the data never passes the client)."""
+        key = self._key("elicit", key)
+        request = Elicitation(message, mode="url", url=url, elicitation_id=elicitation_id)
+        result: ElicitResult = (await self.request_input({key: request}))[key]
+        return result
+
+    async def sample(
+        self,
+        messages: str | list[str | Mapping[str, Any]],
+        *,
+        max_tokens: int = 1000,
+        system_prompt: str | None = None,
+        key: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """A completion from the client's model: its ``CreateMessageResult`` (``role``,
+        ``content``, ``model``, ``stopReason``). ``params``: further MCP sampling params."""
+        key = self._key("sample", key)
+        listed = [messages] if isinstance(messages, str) else messages
+        request = Sampling(listed, max_tokens, system_prompt, params)
+        result: dict[str, Any] = (await self.request_input({key: request}))[key]
+        return result
+
+    async def list_roots(self, *, key: str | None = None) -> list[dict[str, Any]]:
+        """The client's roots (``roots/list``)."""
+        key = self._key("roots", key)
+        roots: list[dict[str, Any]] = (await self.request_input({key: ListRoots()}))[key]
+        return roots
 
     def require_client_capability(self, capability: str) -> None:
         """Refuse the call unless the client declared ``capability`` (``"sampling"``,
