@@ -205,6 +205,21 @@ class Config:
         "DATAPULSE_METRICS_PORT",
         "serve /metrics without auth on this loopback port (0: off; /metrics then needs the token)",
     )
+    # Asking the client mid-call (elicitation, sampling, roots)
+    input_timeout_s: float = _setting(
+        300.0,
+        "--input-timeout",
+        "DATAPULSE_INPUT_TIMEOUT",
+        "seconds a client may take to answer a tool's question; also how long a 2026-07-28"
+        " requestState stays valid",
+    )
+    request_state_keys: str = _setting(
+        "",
+        "--request-state-keys",
+        "DATAPULSE_REQUEST_STATE_KEYS",
+        "comma-separated secrets sealing 2026-07-28 requestState (the first seals, all open:"
+        " rotate by adding one in front); default: a random key per process",
+    )
     # The app
     app: str = _setting(
         "",
@@ -223,6 +238,7 @@ class Config:
             "write_timeout_s",
             "fetch_timeout_s",
             "call_timeout_s",
+            "input_timeout_s",
         ]
         for name in positive:
             if getattr(self, name) <= 0:

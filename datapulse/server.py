@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from datapulse.auth.redact import add_secret
 from datapulse.auth.setup import StartingVerifier, open_configured_verifier
 from datapulse.auth.verifier import BearerVerifier, Verifier, is_ready
 from datapulse.config import Config
@@ -40,6 +41,7 @@ from datapulse.net.http import ErrorStyle, Request, Response
 from datapulse.net.server import BoundAddress, HTTPServer
 from datapulse.protocol.dispatch import Dispatcher
 from datapulse.protocol.notices import Notices
+from datapulse.protocol.roundtrip import RoundTrips
 from datapulse.store import MemorySessionStore, SessionStore
 from datapulse.tools.builtin import register_builtins
 from datapulse.tools.fetch import FetchPolicy
@@ -157,6 +159,13 @@ class Server:
             max_batch_items=self.config.max_batch_items,
             metrics=self.metrics,
             notices=self.notices,
+            round_trips=RoundTrips(
+                request_state_keys(self.config.request_state_keys),
+                self.store.put_state,
+                self.store.take_state,
+                self.config.input_timeout_s,
+            ),
+            input_timeout_s=self.config.input_timeout_s,
         )
         self.router = Router(self.verifier, self.metrics)
         self.router.before.append(
@@ -421,6 +430,15 @@ class _Relay:
         for fn in self.server._background:  # the app's own tasks, once clients can connect
             self.nursery.start_soon(fn)
         self.outer.started(info)
+
+
+def request_state_keys(setting: str) -> list[bytes]:
+    """The keys that seal requestState: the configured secrets, else one random per process
+    (then a 2026-07-28 retry must reach the same process: set them when running several)."""
+    secrets_given = [part.strip() for part in setting.split(",") if part.strip()]
+    for secret in secrets_given:
+        add_secret(secret)  # never printed by a log line
+    return [secret.encode() for secret in secrets_given] or [secrets.token_bytes(32)]
 
 
 async def serve(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from datapulse.errors import InvalidParams, ToolError, UnknownPrompt, quote
+from datapulse.tools.registry import ToolContext
 from datapulse.tools.signature import FunctionSignature
 
 Role = Literal["user", "assistant"]
@@ -64,8 +65,9 @@ class Prompt:
         entry["arguments"] = self.arguments()
         return entry
 
-    async def render(self, arguments: object) -> dict[str, Any]:
-        """The ``prompts/get`` result for these arguments (InvalidParams naming a bad one)."""
+    async def render(self, arguments: object, context: object = None) -> dict[str, Any]:
+        """The ``prompts/get`` result for these arguments (InvalidParams naming a bad one);
+        ``context`` (a ``ToolContext``) goes to a parameter that asks for one."""
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict) or not all(
@@ -73,6 +75,8 @@ class Prompt:
         ):
             raise InvalidParams(f"arguments for prompt {self.name} must map names to strings")
         kwargs = self.signature.bind(arguments, f"arguments for prompt {self.name}")
+        for name in self.signature.injected:
+            kwargs[name] = context
         value = await self.signature.call(kwargs)
         result: dict[str, Any] = {}
         if self.description:
@@ -122,7 +126,7 @@ class PromptRegistry:
         title: str | None = None,
         description: str | None = None,
     ) -> Prompt:
-        signature = FunctionSignature.of(fn)
+        signature = FunctionSignature.of(fn, inject=(ToolContext,))
         prompt = Prompt(
             name or signature.name,
             signature,

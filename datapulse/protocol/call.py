@@ -51,6 +51,8 @@ class Call:
     against these, not against whatever token the session last saw."""
     meta: mcp.ModernMeta | None = None
     token: str | int | None = None
+    can_ask: bool = True
+    """Whether the client can receive (and answer) a request of ours over ``sink``."""
     last_progress: float = -math.inf
     # Set (under the lock) just before the response goes out; nothing is sent after it.
     closed: bool = False

@@ -8,6 +8,7 @@ tables: which MCP method runs which handler in ``protocol.methods``, per era. ``
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import jsonschema
@@ -18,7 +19,9 @@ from datapulse.features.catalog import Catalog
 from datapulse.metrics import Metrics
 from datapulse.protocol import methods
 from datapulse.protocol.notices import Notices
+from datapulse.protocol.roundtrip import RoundTrips
 from datapulse.protocol.session import Handler
+from datapulse.store.memory import MemorySessionStore
 from datapulse.tools.registry import Tool, ToolRegistry
 from datapulse.version import __version__
 
@@ -54,6 +57,8 @@ class Dispatcher:
         metrics: Metrics | None = None,
         notices: Notices | None = None,
         max_subscriptions: int = 256,
+        round_trips: RoundTrips | None = None,
+        input_timeout_s: float = 300.0,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -69,6 +74,14 @@ class Dispatcher:
         self.registry = self.catalog.tools
         self.notices = notices if notices is not None else Notices()
         self.max_subscriptions = max_subscriptions
+        if round_trips is None:
+            # One process's own: a random key, states in memory (Server passes its store's).
+            states = MemorySessionStore(1, 1)
+            round_trips = RoundTrips(
+                [secrets.token_bytes(32)], states.put_state, states.take_state, input_timeout_s
+            )
+        self.round_trips = round_trips
+        self.input_timeout_s = input_timeout_s
         self.metrics = metrics if metrics is not None else Metrics()
         self.server_name = server_name
         self.server_version = server_version

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from datapulse.core import mcp
+from datapulse.core.inputs import InputRequest, InputRequired
 from datapulse.core.jsonrpc import InvalidRequest
 from datapulse.core.tokens import has_scope
 from datapulse.errors import (
@@ -163,7 +164,18 @@ async def list_prompts(session: McpSession, call: Call) -> dict[str, Any]:
 
 async def get_prompt(session: McpSession, call: Call) -> dict[str, Any]:
     prompt = session.dispatcher.catalog.prompts.get(call.params.get("name"))
-    return await prompt.render(call.params.get("arguments"))
+    asking = _Asking(
+        session, call, {"name": prompt.name, "arguments": call.params.get("arguments")}
+    )
+    await asking.load()
+    context = tool_context(session, call, prompt.name, asking)
+    try:
+        return await prompt.render(call.params.get("arguments"), context)
+    except BaseException as exc:
+        asked = await asking.input_required(exc)
+        if asked is None:
+            raise
+        return asked
 
 
 async def complete(session: McpSession, call: Call) -> dict[str, Any]:
@@ -218,19 +230,68 @@ async def call_tool(session: McpSession, call: Call) -> dict[str, Any]:
         d.metrics.tool_call(name, outcome, time.perf_counter() - started)
 
 
-async def run_tool(
-    session: McpSession, call: Call, tool: Tool, arguments: dict[str, Any]
-) -> dict[str, Any]:
-    d = session.dispatcher
+class _Asking:
+    """How a request asks the client for input, per era (``core.inputs``): over the stream
+    (handshake), or by answering ``input_required`` and continuing on the retry (2026)."""
 
+    def __init__(self, session: McpSession, call: Call, salient: Any) -> None:
+        self.session = session
+        self.call = call
+        self.salient = salient
+        self.answers: dict[str, Any] = {}
+
+    async def load(self) -> None:
+        if self.session.modern:
+            self.answers = await self.session.dispatcher.round_trips.answers(
+                self.call.params, self.session.principal_id, self.call.request.method, self.salient
+            )
+
+    async def sink(self, requests: dict[str, InputRequest]) -> dict[str, Any]:
+        session = self.session
+        if session.modern:
+            missing = {k: r for k, r in requests.items() if k not in self.answers}
+            if missing:
+                raise InputRequired(missing)
+            return {k: self.answers[k] for k in requests}
+        timeout = session.dispatcher.input_timeout_s
+        return {k: await session.ask_client(self.call, r, timeout) for k, r in requests.items()}
+
+    async def input_required(self, exc: BaseException) -> dict[str, Any] | None:
+        """The ``input_required`` result if ``exc`` is (or only holds) ``InputRequired``."""
+        asked = _input_required_in(exc)
+        if asked is None or not self.session.modern:
+            return None
+        return await self.session.dispatcher.round_trips.input_required(
+            asked.requests,
+            self.answers,
+            self.session.principal_id,
+            self.call.request.method,
+            self.salient,
+        )
+
+
+def _input_required_in(exc: BaseException) -> InputRequired | None:
+    if isinstance(exc, InputRequired):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found, rest = exc.split(InputRequired)
+        if found is not None and rest is None:
+            leaf: BaseException = found
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            return leaf if isinstance(leaf, InputRequired) else None
+    return None
+
+
+def tool_context(session: McpSession, call: Call, logger: str, asking: _Asking) -> ToolContext:
     async def log_sink(level: str, data: Any) -> None:
-        await call.log(tool.name, level, data)
+        await call.log(logger, level, data)
 
     if call.meta is not None:
         capabilities = call.meta.client_capabilities
     else:
         capabilities = session.state.client_capabilities or {}
-    context = ToolContext(
+    return ToolContext(
         session_id=session.session_id,
         principal_id=session.principal_id,
         scopes=call.scopes or frozenset(),
@@ -238,7 +299,17 @@ async def run_tool(
         log_sink=log_sink,
         client_capabilities=capabilities,
         protocol_version=session.protocol_version,
+        input_sink=asking.sink,
     )
+
+
+async def run_tool(
+    session: McpSession, call: Call, tool: Tool, arguments: dict[str, Any]
+) -> dict[str, Any]:
+    d = session.dispatcher
+    asking = _Asking(session, call, {"name": tool.name, "arguments": call.params.get("arguments")})
+    await asking.load()  # a bad or replayed requestState is refused before the tool runs
+    context = tool_context(session, call, tool.name, asking)
     timeout = d.call_timeout_s
     output: Any = None
     with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
@@ -252,6 +323,14 @@ async def run_tool(
             if not isinstance(exc, ToolError):
                 log.warning("tool %s raised", tool.name, exc_info=True)
             return mcp.tool_error_result(describe(exc))
+        except BaseException as exc:
+            asked = await asking.input_required(exc)
+            if asked is not None:
+                return asked
+            if isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[0] is None:
+                # A tool's nursery mixing a question with a failure: the failure is the answer.
+                return mcp.tool_error_result(describe(exc))
+            raise
     if deadline.cancelled_caught:
         return mcp.tool_error_result(f"{tool.name} timed out after {timeout:g} s")
     problem = d.check_output(tool, output)
@@ -265,10 +344,10 @@ async def run_tool(
         return mcp.tool_error_result(f"{tool.name} returned a value that is not JSON")
 
 
-def describe(exc: Exception) -> str:
+def describe(exc: BaseException) -> str:
     """A failure as one line of text: a ToolError's detail, an exception group's distinct
     leaf messages (a tool's nursery wraps its children's errors), else the message or type."""
-    if isinstance(exc, ExceptionGroup):
+    if isinstance(exc, BaseExceptionGroup):
         return "; ".join(dict.fromkeys(describe(e) for e in exc.exceptions))
     if isinstance(exc, ToolError):
         return exc.detail or str(exc)

@@ -30,23 +30,28 @@ from typing import Any, Final, Protocol
 import trio
 
 from datapulse.core import mcp
+from datapulse.core.inputs import ClientDeclined, InputRequest
 from datapulse.core.jsonrpc import (
     BatchItem,
+    ErrorResponse,
     InvalidRequest,
     Message,
     MethodNotFound,
     Notification,
     Request,
     RequestId,
+    Response,
     encode_exception,
+    encode_request,
     encode_result,
     parse_message,
 )
-from datapulse.errors import QUOTE_CHARS, DatapulseError, InvalidParams, quote
+from datapulse.errors import QUOTE_CHARS, DatapulseError, InvalidParams, ToolError, quote
 from datapulse.features.catalog import Catalog
 from datapulse.metrics import Metrics
 from datapulse.protocol.call import Call, MessageSink
 from datapulse.protocol.notices import Notices
+from datapulse.protocol.roundtrip import RoundTrips
 from datapulse.protocol.state import ProtocolState
 from datapulse.tools.registry import Tool, ToolRegistry
 
@@ -78,6 +83,8 @@ class DispatcherView(Protocol):
     catalog: Catalog
     notices: Notices
     max_subscriptions: int
+    round_trips: RoundTrips
+    input_timeout_s: float
     server_name: str
     server_version: str
     instructions: str | None
@@ -144,6 +151,8 @@ class McpSession:
         )
         self._in_flight: dict[RequestId, trio.CancelScope] = {}
         self._initialize_id: RequestId | None = None
+        self._asking: dict[RequestId, _ClientReply] = {}
+        self._asked = 0
 
     # The three fields every layer reads, kept as attributes of the session itself.
 
@@ -193,16 +202,53 @@ class McpSession:
         sink: MessageSink,
         *,
         scopes: Scopes | _SessionScopes = SESSION_SCOPES,
+        can_ask: bool = True,
     ) -> Outcome:
         """Handle one message; a request's tool call is judged against ``scopes``, those of the
-        token that carried it (``SESSION_SCOPES``: the session's own)."""
+        token that carried it (``SESSION_SCOPES``: the session's own). ``can_ask=False``: what
+        ``sink`` carries never reaches a client that could answer a request of ours (a JSON
+        reply, the original API), so a tool asking for input fails at once instead of waiting."""
         if isinstance(message, Request):
             granted = self.scopes if scopes is SESSION_SCOPES else scopes
-            return await self._handle_request(message, sink, granted)
+            return await self._handle_request(message, sink, granted, can_ask)
         if isinstance(message, Notification):
             self._handle_notification(message)
-        # Responses: we never send requests, so no one is waiting for them.
+        elif isinstance(message, Response | ErrorResponse) and message.id is not None:
+            # The client answering a request of ours (ask_client); unknown ids are ignored.
+            waiting = self._asking.get(message.id)
+            if waiting is not None:
+                waiting.resolve(message)
         return Outcome(responded=False)
+
+    async def ask_client(self, call: Call, request: InputRequest, timeout_s: float) -> Any:
+        """Send ``request`` to the client over ``call``'s stream (the handshake era's way) and
+        return its result. ToolError when it answers with an error or not within
+        ``timeout_s``; if the call is cancelled meanwhile, the client is told to stop too."""
+        if not call.can_ask:
+            raise ToolError(f"{request.method} cannot reach the client over this transport")
+        self._asked += 1
+        request_id = f"datapulse-{self._asked}"
+        reply = _ClientReply()
+        self._asking[request_id] = reply
+        try:
+            await call.send(encode_request(request_id, request.method, request.params()))
+            with trio.move_on_after(timeout_s) as waited:
+                await reply.answered.wait()
+        except BaseException:
+            await _tell_cancelled(call, request_id)
+            raise
+        finally:
+            del self._asking[request_id]
+        if waited.cancelled_caught:
+            await _tell_cancelled(call, request_id)
+            raise ToolError(f"the client did not answer {request.method} within {timeout_s:g} s")
+        answer = reply.message
+        if isinstance(answer, ErrorResponse):
+            raise ClientDeclined(
+                f"the client answered {request.method} with: {answer.error.message}"
+            )
+        assert isinstance(answer, Response)
+        return answer.result
 
     async def handle_batch(
         self,
@@ -257,9 +303,11 @@ class McpSession:
             if target != self._initialize_id:
                 self.cancel(target)
 
-    async def _handle_request(self, request: Request, sink: MessageSink, scopes: Scopes) -> Outcome:
+    async def _handle_request(
+        self, request: Request, sink: MessageSink, scopes: Scopes, can_ask: bool = True
+    ) -> Outcome:
         params = request.params if isinstance(request.params, dict) else {}
-        call = Call(self, request, sink, params, scopes=scopes)
+        call = Call(self, request, sink, params, scopes=scopes, can_ask=can_ask)
         if request.id in self._in_flight:
             # JSON-RPC ids must be unique among outstanding requests; the running one keeps going.
             return await self._send(call, None, InvalidRequest(f"id {quote(request.id)} is in use"))
@@ -321,6 +369,30 @@ class McpSession:
         call.token = mcp.progress_token(call.params)
         result = await handler(self, call)
         return mcp.modern_result(result, d.info) if self.modern else result
+
+
+class _ClientReply:
+    """Where the client's answer to one of our requests lands."""
+
+    __slots__ = ("answered", "message")
+
+    def __init__(self) -> None:
+        self.answered = trio.Event()
+        self.message: Response | ErrorResponse | None = None
+
+    def resolve(self, message: Response | ErrorResponse) -> None:
+        if self.message is None:  # the first answer counts; a repeated id is ignored
+            self.message = message
+            self.answered.set()
+
+
+async def _tell_cancelled(call: Call, request_id: str) -> None:
+    """Best effort: the client may drop the question it is showing its user."""
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        try:
+            await call.notify("notifications/cancelled", {"requestId": request_id})
+        except Exception:  # the stream is gone: nothing to tell
+            log.debug("could not cancel request %s", request_id, exc_info=True)
 
 
 def check_batch(items: Sequence[BatchItem]) -> None:

@@ -218,7 +218,9 @@ class EventsTransport:
             elif "method" not in decoded:
                 reply.append(decoded)
 
-        await protocol.handle(JsonRpcRequest(request_id, method, params), sink, scopes=scopes)
+        request = JsonRpcRequest(request_id, method, params)
+        # /message has no way to answer a request of ours: a tool asking for input fails fast.
+        await protocol.handle(request, sink, scopes=scopes, can_ask=False)
         return reply[0] if reply else None
 
 

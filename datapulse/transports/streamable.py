@@ -193,7 +193,9 @@ class StreamableTransport:
             async def answer() -> None:
                 replied = False
                 try:
-                    replied = await self._handle_request(protocol, message, note, scopes)
+                    replied = await self._handle_request(
+                        protocol, message, note, scopes, can_ask=False
+                    )
                     await sessions.save_protocol(live)
                 finally:
                     progress.finish(replied=replied)
@@ -229,12 +231,17 @@ class StreamableTransport:
 
     @staticmethod
     async def _handle_request(
-        protocol: McpSession, message: Request, sink: MessageSink, scopes: Scopes
+        protocol: McpSession,
+        message: Request,
+        sink: MessageSink,
+        scopes: Scopes,
+        *,
+        can_ask: bool = True,
     ) -> bool:
         """Run a handshake-era request, judged on ``scopes`` (its own POST's); True once its
         response went to ``sink`` (always, unless it failed: a cancelled request is answered
         REQUEST_CANCELLED)."""
-        outcome = await protocol.handle(message, sink, scopes=scopes)
+        outcome = await protocol.handle(message, sink, scopes=scopes, can_ask=can_ask)
         if not outcome.responded:
             await sink(encode_error(message.id, REQUEST_CANCELLED, "request cancelled"))
         return True
