@@ -24,6 +24,13 @@ from typing import Any, Literal
 from datapulse.errors import InvalidParams, ToolError
 
 
+class BadAnswer(InvalidParams):
+    """The client's answer to a question is not an answer of that kind: a protocol error
+    (-32602) for the request, not a failure of the tool that asked."""
+
+    error = "bad_input_response"
+
+
 @dataclass(frozen=True)
 class Elicitation:
     """``elicitation/create``: ask the user. Form mode takes a flat JSON Schema of primitive
@@ -126,25 +133,25 @@ class ElicitResult:
             "decline",
             "cancel",
         ):
-            raise InvalidParams("an elicitation answer needs action accept, decline or cancel")
+            raise BadAnswer("an elicitation answer needs action accept, decline or cancel")
         content = value.get("content")
         if content is not None and not isinstance(content, dict):
-            raise InvalidParams("an elicitation answer's content must be an object")
+            raise BadAnswer("an elicitation answer's content must be an object")
         return cls(value["action"], content or {})
 
 
 def check_answer(request: InputRequest, value: object) -> Any:
     """The client's answer to ``request`` in the form a tool receives it: an ``ElicitResult``,
     the sampling result (a dict with ``role``, ``content``, ``model``...), or the list of roots.
-    InvalidParams when it is not an answer of that kind."""
+    BadAnswer (-32602) when it is not an answer of that kind."""
     if isinstance(request, Elicitation):
         return ElicitResult.from_wire(value)
     if isinstance(request, Sampling):
         if not isinstance(value, dict) or not isinstance(value.get("content"), dict | list):
-            raise InvalidParams("a sampling answer needs content")
+            raise BadAnswer("a sampling answer needs content")
         return value
     if not isinstance(value, dict) or not isinstance(value.get("roots"), list):
-        raise InvalidParams("a roots/list answer needs a roots list")
+        raise BadAnswer("a roots/list answer needs a roots list")
     return value["roots"]
 
 

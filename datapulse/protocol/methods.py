@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from datapulse.core import mcp
-from datapulse.core.inputs import InputRequest, InputRequired
+from datapulse.core.inputs import BadAnswer, InputRequest, InputRequired
 from datapulse.core.jsonrpc import InvalidRequest
 from datapulse.core.tokens import has_scope
 from datapulse.errors import (
@@ -315,8 +315,8 @@ async def run_tool(
     with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
         try:
             output = await d.registry.run(tool, arguments, context)  # validated above
-        except mcp.MissingClientCapability:
-            raise  # a protocol error (-32021) the client must see as such
+        except (mcp.MissingClientCapability, BadAnswer):
+            raise  # protocol errors (-32021, -32602) the client must see as such
         except Exception as exc:
             # Cancelled is a BaseException and passes through untouched; everything a tool can
             # raise on its own becomes text the model can read. No traceback leaves the server.
