@@ -7,6 +7,7 @@ tools), ``Config``, ``ToolContext``/``ToolOutput`` for tools, ``ResourceContents
 """
 
 from datapulse.config import Config, config_from_env
+from datapulse.core.inputs import Elicitation, ElicitResult, InputRequest, ListRoots, Sampling
 from datapulse.core.mcp import ToolOutput
 from datapulse.errors import DatapulseError, ResourceNotFound, SessionNotFound, ToolError
 from datapulse.features.prompts import PromptMessage
@@ -18,9 +19,14 @@ from datapulse.version import __version__
 __all__ = [
     "Config",
     "DatapulseError",
+    "ElicitResult",
+    "Elicitation",
+    "InputRequest",
+    "ListRoots",
     "PromptMessage",
     "ResourceContents",
     "ResourceNotFound",
+    "Sampling",
     "Server",
     "ServerInfo",
     "SessionNotFound",

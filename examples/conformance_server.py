@@ -8,14 +8,17 @@ server mode against this app: tests/e2e/test_conformance_suite.py. Run it by han
 
 The suite's own reference server (``examples/servers/typescript/everything-server.ts`` in its
 repository) defines each fixture; the names, URIs and texts below match it, because the scenarios
-look for them. What the suite needs and this file leaves out, for a later issue:
+look for them.
 
-* server-to-client requests, i.e. sampling and elicitation: ``test_sampling``,
-  ``test_elicitation``, ``test_elicitation_sep1034_defaults``, ``test_elicitation_sep1330_enums``
-  (scenarios tools-call-sampling, tools-call-elicitation, elicitation-sep1034-defaults,
-  elicitation-sep1330-enums), and the 2026-07-28 ``InputRequiredResult`` tools
-  ``test_input_required_result_*`` and prompt ``test_input_required_result_prompt``
-  (input-required-result-*);
+The fixtures that ask the client for input mid-call (``ToolContext.elicit``, ``sample``,
+``list_roots``, ``request_input``) serve both eras with the same code: in the handshake era
+(tools-call-sampling, tools-call-elicitation, elicitation-sep1034-defaults,
+elicitation-sep1330-enums) the question is a request over the call's stream; on 2026-07-28
+(input-required-result-*) the call answers ``input_required`` and the tool runs again when the
+client retries with ``inputResponses``, so a fixture's keys are the ones the scenarios name.
+
+What the suite needs and this file leaves out, for a later issue:
+
 * ``test_reconnection`` (server-sse-polling): a tool that closes its SSE stream mid-call so
   the client resumes with ``Last-Event-ID``;
 * tasks (tasks-* scenarios, an extension) and skills (sep-2640-*, an extension).
@@ -24,12 +27,14 @@ look for them. What the suite needs and this file leaves out, for a later issue:
 from __future__ import annotations
 
 import base64
+import json
 import sys
 from typing import Any
 
 import trio
 
 from datapulse import Server, ToolContext, ToolError, ToolOutput
+from datapulse.core.inputs import Elicitation, ElicitResult, InputRequest, ListRoots, Sampling
 
 # A 1x1 red PNG and a minimal WAV, as in the suite's reference server.
 PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
@@ -163,6 +168,228 @@ async def test_custom_header(arguments: dict[str, Any], context: ToolContext) ->
     return f"region: {arguments['region']}"
 
 
+# -- asking the client mid-call: handshake era (a request over the call's stream) -------------
+
+
+def sampled_text(result: dict[str, Any]) -> str:
+    """The text of a sampling answer (``content`` is one block, or a list of them)."""
+    content = result.get("content")
+    blocks = content if isinstance(content, list) else [content]
+    texts = [b["text"] for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
+    return " ".join(texts) or "No response"
+
+
+def answered(result: ElicitResult) -> str:
+    return f"action={result.action}, content={json.dumps(result.content)}"
+
+
+@server.tool()
+async def test_sampling(prompt: str, context: ToolContext) -> str:
+    """Tests server-initiated sampling (LLM completion request)"""
+    result = await context.sample(prompt, max_tokens=100)
+    return f"LLM response: {sampled_text(result)}"
+
+
+@server.tool()
+async def test_elicitation(message: str, context: ToolContext) -> str:
+    """Tests server-initiated elicitation (user input request)"""
+    schema = {
+        "type": "object",
+        "properties": {
+            "username": {"type": "string", "description": "User's response"},
+            "email": {"type": "string", "description": "User's email address"},
+        },
+        "required": ["username", "email"],
+    }
+    result = await context.elicit(message, schema)
+    return f"User response: {answered(result)}"
+
+
+# SEP-1034: a default for every primitive type.
+SEP1034_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "description": "User name", "default": "John Doe"},
+        "age": {"type": "integer", "description": "User age", "default": 30},
+        "score": {"type": "number", "description": "User score", "default": 95.5},
+        "status": {
+            "type": "string",
+            "description": "User status",
+            "enum": ["active", "inactive", "pending"],
+            "default": "active",
+        },
+        "verified": {"type": "boolean", "description": "Verification status", "default": True},
+    },
+    "required": [],
+}
+
+
+@server.tool()
+async def test_elicitation_sep1034_defaults(context: ToolContext) -> str:
+    """Tests elicitation with default values per SEP-1034"""
+    message = "Please review and update the form fields with defaults"
+    result = await context.elicit(message, SEP1034_SCHEMA)
+    return f"Elicitation completed: {answered(result)}"
+
+
+# SEP-1330: the five enum variants (untitled, titled, legacy enumNames; single and multi).
+OPTIONS = ["option1", "option2", "option3"]
+SEP1330_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "untitledSingle": {"type": "string", "description": "Select one option", "enum": OPTIONS},
+        "titledSingle": {
+            "type": "string",
+            "description": "Select one option with titles",
+            "oneOf": [
+                {"const": "value1", "title": "First Option"},
+                {"const": "value2", "title": "Second Option"},
+                {"const": "value3", "title": "Third Option"},
+            ],
+        },
+        "legacyEnum": {
+            "type": "string",
+            "description": "Select one option (legacy)",
+            "enum": ["opt1", "opt2", "opt3"],
+            "enumNames": ["Option One", "Option Two", "Option Three"],
+        },
+        "untitledMulti": {
+            "type": "array",
+            "description": "Select multiple options",
+            "minItems": 1,
+            "maxItems": 3,
+            "items": {"type": "string", "enum": OPTIONS},
+        },
+        "titledMulti": {
+            "type": "array",
+            "description": "Select multiple options with titles",
+            "minItems": 1,
+            "maxItems": 3,
+            "items": {
+                "anyOf": [
+                    {"const": "value1", "title": "First Choice"},
+                    {"const": "value2", "title": "Second Choice"},
+                    {"const": "value3", "title": "Third Choice"},
+                ]
+            },
+        },
+    },
+    "required": [],
+}
+
+
+@server.tool()
+async def test_elicitation_sep1330_enums(context: ToolContext) -> str:
+    """Tests elicitation with enum schema improvements per SEP-1330"""
+    message = "Please select options from the enum fields"
+    result = await context.elicit(message, SEP1330_SCHEMA)
+    return f"Elicitation completed: {answered(result)}"
+
+
+# -- asking the client mid-call: 2026-07-28 InputRequiredResult (SEP-2322) ---------------------
+# The same calls; each key is the inputRequests key the scenario looks for.
+
+
+def one_string(name: str) -> dict[str, Any]:
+    """A form of one required string field."""
+    return {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
+
+
+CONFIRM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+}
+
+
+def roots_text(roots: list[dict[str, Any]]) -> str:
+    return ", ".join(str(r.get("uri")) for r in roots) or "none"
+
+
+@server.tool()
+async def test_input_required_result_elicitation(context: ToolContext) -> str:
+    """Asks the user's name (input-required-result-basic-elicitation)"""
+    result = await context.elicit("What is your name?", one_string("name"), key="user_name")
+    if result.action != "accept":
+        return f"No name given: {answered(result)}"
+    return f"Hello, {result.content.get('name')}!"
+
+
+@server.tool()
+async def test_input_required_result_sampling(context: ToolContext) -> str:
+    """Asks the client's model a question (input-required-result-basic-sampling)"""
+    question = "What is the capital of France?"
+    result = await context.sample(question, max_tokens=100, key="capital_question")
+    return f"LLM response: {sampled_text(result)}"
+
+
+@server.tool()
+async def test_input_required_result_list_roots(context: ToolContext) -> str:
+    """Asks for the client's roots (input-required-result-basic-list-roots)"""
+    roots = await context.list_roots(key="client_roots")
+    return f"Client roots: {roots_text(roots)}"
+
+
+@server.tool()
+async def test_input_required_result_request_state(context: ToolContext) -> str:
+    """Asks for a confirmation; the retry's requestState is checked before this runs again
+    (a bad one is refused with -32602), so an answer here means the state was valid
+    (input-required-result-request-state)"""
+    result = await context.elicit("Please confirm", CONFIRM_SCHEMA, key="confirm")
+    return f"state-ok: {answered(result)}"
+
+
+@server.tool()
+async def test_input_required_result_tampered_state(context: ToolContext) -> str:
+    """Asks for a confirmation; an altered requestState on the retry is refused with -32602
+    (input-required-result-tampered-state)"""
+    result = await context.elicit("Please confirm", CONFIRM_SCHEMA, key="confirm")
+    return f"state-ok: {answered(result)}"
+
+
+@server.tool()
+async def test_input_required_result_multiple_inputs(context: ToolContext) -> str:
+    """Asks for an elicitation, a sampling and the roots at once
+    (input-required-result-multiple-input-requests)"""
+    answers = await context.request_input(
+        {
+            "user_name": Elicitation("What is your name?", one_string("name")),
+            "greeting": Sampling(["Generate a greeting"], max_tokens=50),
+            "client_roots": ListRoots(),
+        }
+    )
+    name: ElicitResult = answers["user_name"]
+    return (
+        f"name: {name.content.get('name')}; greeting: {sampled_text(answers['greeting'])};"
+        f" roots: {roots_text(answers['client_roots'])}"
+    )
+
+
+@server.tool()
+async def test_input_required_result_multi_round(context: ToolContext) -> str:
+    """Asks two questions, one round each (input-required-result-multi-round)"""
+    step1 = await context.elicit("Step 1: What is your name?", one_string("name"), key="step1")
+    color_schema = one_string("color")
+    step2 = await context.elicit("Step 2: What is your favorite color?", color_schema, key="step2")
+    return f"{step1.content.get('name')} likes {step2.content.get('color')}"
+
+
+@server.tool()
+async def test_input_required_result_capabilities(context: ToolContext) -> str:
+    """Asks only what the request's declared client capabilities allow
+    (input-required-result-capability-check)"""
+    wanted: dict[str, InputRequest] = {
+        "user_name": Elicitation("What is your name?", one_string("name")),
+        "greeting": Sampling(["Generate a greeting"], max_tokens=50),
+        "client_roots": ListRoots(),
+    }
+    allowed = {k: r for k, r in wanted.items() if r.supported_by(context.client_capabilities)}
+    if not allowed:
+        return "The client declared no capability to ask it anything"
+    answers = await context.request_input(allowed)
+    return f"Answered: {', '.join(sorted(answers))}"
+
+
 # -- 2026-07-28 diagnostic tools (server-stateless) ------------------------------------------------
 
 
@@ -175,10 +402,10 @@ async def test_streaming_elicitation(context: ToolContext) -> str:
 
 @server.tool()
 async def test_missing_capability(context: ToolContext) -> str:
-    """Needs the client's sampling capability (server-stateless): refused with -32021 when the
-    request does not declare it. datapulse cannot sample yet, so with it, it only says so."""
-    context.require_client_capability("sampling")
-    return "the client can sample"
+    """Samples the client's model (server-stateless): a request that does not declare the
+    sampling capability is refused with -32021 before anything is asked."""
+    result = await context.sample("Say hello", max_tokens=20, key="hello")
+    return f"LLM response: {sampled_text(result)}"
 
 
 @server.tool()
@@ -312,6 +539,18 @@ async def test_prompt_with_image() -> list[dict[str, Any]]:
         {"role": "user", "content": {"type": "image", "data": PNG_BASE64, "mimeType": "image/png"}},
         {"role": "user", "content": {"type": "text", "text": "Please analyze the image above."}},
     ]
+
+
+# input-required-result-non-tool-request: a prompt that asks the user first (prompts/get).
+@server.prompt(title="Prompt Asking For Input")
+async def test_input_required_result_prompt(context: ToolContext) -> str:
+    """A prompt that asks the user for its context before it renders"""
+    schema = one_string("context")
+    question = "What context should the prompt use?"
+    result = await context.elicit(question, schema, key="user_context")
+    if result.action != "accept":
+        return "Please answer without any particular context."
+    return f"Please answer with this context in mind: {result.content.get('context')}"
 
 
 # -- completions ---------------------------------------------------------------------------------

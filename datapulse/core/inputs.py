@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from datapulse.core.mcp import version_at_least
 from datapulse.errors import InvalidParams, ToolError
 
 
@@ -46,7 +47,9 @@ class Elicitation:
     method = "elicitation/create"
     capability = "elicitation"
 
-    def params(self) -> dict[str, Any]:
+    def params(self, version: str | None = None) -> dict[str, Any]:
+        """The request's params; ``version``: the session's revision, which decides whether
+        ``mode`` is on the wire (it arrived in 2025-11-25; None: the newest)."""
         if self.mode == "url":
             if not self.url or not self.elicitation_id:
                 raise ValueError("a URL elicitation needs url and elicitation_id")
@@ -57,7 +60,10 @@ class Elicitation:
                 "elicitationId": self.elicitation_id,
             }
         schema = dict(self.requested_schema or {"type": "object", "properties": {}})
-        return {"mode": "form", "message": self.message, "requestedSchema": schema}
+        params = {"message": self.message, "requestedSchema": schema}
+        if version is None or version_at_least(version, "2025-11-25"):
+            params = {"mode": "form", **params}
+        return params
 
     def supported_by(self, capabilities: Mapping[str, Any]) -> bool:
         declared = capabilities.get("elicitation")
@@ -83,7 +89,7 @@ class Sampling:
     method = "sampling/createMessage"
     capability = "sampling"
 
-    def params(self) -> dict[str, Any]:
+    def params(self, version: str | None = None) -> dict[str, Any]:
         messages = [
             {"role": "user", "content": {"type": "text", "text": m}} if isinstance(m, str) else m
             for m in self.messages
@@ -104,7 +110,7 @@ class ListRoots:
     method = "roots/list"
     capability = "roots"
 
-    def params(self) -> dict[str, Any]:
+    def params(self, version: str | None = None) -> dict[str, Any]:
         return {}
 
     def supported_by(self, capabilities: Mapping[str, Any]) -> bool:

@@ -231,7 +231,8 @@ class McpSession:
         reply = _ClientReply()
         self._asking[request_id] = reply
         try:
-            await call.send(encode_request(request_id, request.method, request.params()))
+            params = request.params(self.protocol_version)
+            await call.send(encode_request(request_id, request.method, params))
             with trio.move_on_after(timeout_s) as waited:
                 await reply.answered.wait()
         except BaseException:

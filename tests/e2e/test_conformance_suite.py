@@ -63,36 +63,11 @@ TEST_TIMEOUT_S = 300  # per test, with the first one's `npm ci` when .ci/run has
 
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
-_SAMPLING = "needs server-to-client sampling/createMessage: not in datapulse yet (a later issue)"
-_ELICITATION = "needs server-to-client elicitation/create: not in datapulse yet (a later issue)"
-_MRTR = (
-    "needs 2026-07-28 InputRequiredResult (SEP-2322: elicitation, sampling, roots/list as"
-    " inputRequests, requestState): not in datapulse yet (a later issue)"
-)
 _TASKS = "tasks extension (io.modelcontextprotocol/tasks): not in datapulse (a later issue)"
 
 # (revision, scenario) excuses the whole scenario; (revision, "scenario:check-id") one check
 # of it (every occurrence of that id), so the scenario's other checks still count.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    **{(rev, "tools-call-sampling"): _SAMPLING for rev in HANDSHAKE},
-    **{(rev, "tools-call-elicitation"): _ELICITATION for rev in HANDSHAKE},
-    ("2025-11-25", "elicitation-sep1034-defaults"): _ELICITATION,
-    ("2025-11-25", "elicitation-sep1330-enums"): _ELICITATION,
-    **{
-        ("2026-07-28", f"input-required-result-{name}"): _MRTR
-        for name in (
-            "basic-elicitation",
-            "basic-sampling",
-            "basic-list-roots",
-            "request-state",
-            "multiple-input-requests",
-            "multi-round",
-            "non-tool-request",
-            "result-type",
-            "tampered-state",
-            "capability-check",
-        )
-    },
     **{
         (EXTENSIONS, f"tasks-{name}"): _TASKS
         for name in (
