@@ -239,6 +239,8 @@ class _Asking:
         self.call = call
         self.salient = salient
         self.answers: dict[str, Any] = {}
+        self.used: dict[str, Any] = {}
+        """The answers this run consumed: what the next round's state keeps."""
 
     async def load(self) -> None:
         if self.session.modern:
@@ -252,7 +254,9 @@ class _Asking:
             missing = {k: r for k, r in requests.items() if k not in self.answers}
             if missing:
                 raise InputRequired(missing)
-            return {k: self.answers[k] for k in requests}
+            given = {k: self.answers[k] for k in requests}
+            self.used.update(given)
+            return given
         timeout = session.dispatcher.input_timeout_s
         return {k: await session.ask_client(self.call, r, timeout) for k, r in requests.items()}
 
@@ -263,7 +267,7 @@ class _Asking:
             return None
         return await self.session.dispatcher.round_trips.input_required(
             asked.requests,
-            self.answers,
+            self.used,
             self.session.principal_id,
             self.call.request.method,
             self.salient,

@@ -20,9 +20,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from datapulse.core import request_state
 from datapulse.core.inputs import InputRequest, wire_request
 from datapulse.errors import InvalidParams
+
+MAX_KEPT_BYTES = 256 * 1024
+"""The answers one state may keep between rounds (a form's or a completion's worth, many times)."""
 
 PutState = Callable[[str, dict[str, Any], float], Awaitable[None]]
 TakeState = Callable[[str], Awaitable[dict[str, Any] | None]]
@@ -75,15 +80,19 @@ class RoundTrips:
         salient: Any,
     ) -> dict[str, Any]:
         """The ``input_required`` result asking ``requests``, with a sealed state that keeps
-        ``answers`` for the retry."""
+        ``answers`` (those the run used: what a client sends unasked is not kept) for the
+        retry. At most ``MAX_KEPT_BYTES`` of them: a state is held for ``ttl_s``."""
+        kept = dict(answers)
+        if len(orjson.dumps(kept)) > MAX_KEPT_BYTES:
+            raise InvalidParams(f"the answers so far exceed {MAX_KEPT_BYTES} bytes")
         nonce = secrets.token_urlsafe(18)
-        await self.put_state(nonce, {"answers": dict(answers)}, self.ttl_s)
+        await self.put_state(nonce, {"answers": kept}, self.ttl_s)
         sealed = request_state.seal(
             {
                 "p": principal,
                 "m": method,
                 "d": request_state.digest(salient),
-                "exp": round(time.time() + self.ttl_s),
+                "exp": time.time() + self.ttl_s,  # not rounded: it must last ttl_s, not less
                 "n": nonce,
             },
             self.keys[0],

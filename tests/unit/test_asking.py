@@ -312,3 +312,21 @@ async def test_a_transport_that_cannot_ask_fails_at_once() -> None:
         )
     assert sink.last["result"]["isError"] is True
     assert "cannot reach the client" in sink.last["result"]["content"][0]["text"]
+
+
+async def test_a_state_keeps_only_the_answers_the_tool_used() -> None:
+    """What a client sends unasked (a junk key, an answer to a question not asked yet) is not
+    held between rounds: a state holds what the run consumed, up to a bound."""
+    d, store = modern_dispatcher()
+    first = (await modern_call(d, name="two_questions"))["result"]
+    answers = {
+        "elicit-1": {"action": "accept", "content": {"name": "Ada"}},
+        "junk": {"x": "y" * 1000},
+        "sample-9": {"role": "assistant", "content": {"type": "text", "text": "early"}},
+    }
+    second = await modern_call(
+        d, name="two_questions", inputResponses=answers, requestState=first["requestState"]
+    )
+    assert second["result"]["resultType"] == "input_required"
+    (kept,) = [data for _, data in store._states.values()]
+    assert kept == {"answers": {"elicit-1": answers["elicit-1"]}}
