@@ -104,6 +104,10 @@ class SessionRegistry:
         """Whether ``live`` is the live session under its key (not ended, not replaced)."""
         return self._live.get(live.key) is live
 
+    def get(self, key: str) -> LiveSession | None:
+        """The live session under store key ``key``, if it is live here."""
+        return self._live.get(key)
+
     def find(self, session_id: str, owner: str) -> LiveSession | None:
         """``owner``'s live session named ``session_id``, if any (the owner's namespace only)."""
         return self._named.get(session_id, {}).get(owner)

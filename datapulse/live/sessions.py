@@ -41,7 +41,7 @@ from datapulse.live.registry import LiveSession, SessionRegistry, Task
 from datapulse.live.streams import SessionStreams
 from datapulse.metrics import Metrics
 from datapulse.net.http import BodyStream
-from datapulse.store.base import LogKey, SessionStore
+from datapulse.store.base import LogKey, SessionExists, SessionStore
 
 __all__ = ["LiveSession", "SessionManager", "Task"]
 
@@ -96,6 +96,9 @@ class SessionManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.pinger.run)
+            watch = getattr(self.store, "watch", None)
+            if watch is not None:  # a shared store: appends by other instances wake our streams
+                nursery.start_soon(self.streams.follow, watch)
             task_status.started()
             try:
                 while True:
@@ -190,6 +193,8 @@ class SessionManager:
         even there, so it answers exactly like a missing one and ids cannot be probed.
         """
         live = self.registry.find(session_id, owner)
+        if live is None:
+            live = await self._adopt(session_id, owner)
         now = trio.current_time()
         if live is None or (kind and live.record.kind != kind):
             raise SessionNotFound(f"unknown or expired session: {session_id}")
@@ -200,12 +205,37 @@ class SessionManager:
         await self.store.touch(live.key, now)
         return live
 
+    async def _adopt(self, session_id: str, owner: str) -> LiveSession | None:
+        """A session this process does not hold but the (shared) store does: created by another
+        instance, or by this one before a restart. It becomes live here too, from its record;
+        its protocol state is loaded by the transport that needs it. With the memory store
+        every session is live in this process already, so this finds nothing."""
+        for key, chosen in ((namespaced_key(owner, session_id), True), (session_id, False)):
+            record = await self.store.get(key)
+            if record is None or record.owner != owner or (record.name is not None) != chosen:
+                continue
+            if self.registry.get(key) is not None:  # adopted meanwhile by a concurrent request
+                return self.registry.get(key)
+            # Times are this process's clock (trio's); the store's TTL says whether it lives.
+            now = trio.current_time()
+            record.created_at = record.last_active = now
+            self.registry.reserve(owner)
+            live = LiveSession(record)
+            self.registry.add(live)
+            log.info("session %s adopted from the store (%s)", live.id, record.kind)
+            return live
+        return None
+
     async def get_or_create(self, session_id: str, owner: str, kind: str) -> LiveSession:
         """``owner``'s session named ``session_id`` (a client-chosen id), opened on first use.
         Whether another principal uses the same name makes no difference to either of them."""
         if self.registry.find(session_id, owner) is not None:
             return await self.get(session_id, owner, kind)
-        return await self.create(owner, kind, session_id)
+        try:
+            return await self.create(owner, kind, session_id)
+        except SessionExists:
+            # Another instance sharing the store opened it first: it is ours to adopt.
+            return await self.get(session_id, owner, kind)
 
     async def close(self, live: LiveSession, reason: str) -> None:
         """End a session: its streams are told why, its tool calls are cancelled, records go."""

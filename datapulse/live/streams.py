@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -162,6 +163,22 @@ class SessionStreams:
         reader = live.request_streams.get(key.stream)
         if reader is not None:
             reader.log_changed()
+
+    async def follow(self, watch: Callable[[], AsyncIterator[tuple[LogKey, int]]]) -> None:
+        """Wake the streams attached here whenever another instance appends to their logs.
+
+        ``watch()`` yields ``(key, seq)`` for every append to the shared store (a Redis
+        channel, one subscription per instance whatever the number of streams). A stream that
+        already wrote ``seq`` (the append was ours, offered directly) is left alone; any other
+        catches up from the log in its own task, so order and exactly-once come from the log's
+        seqs, never from the notification."""
+        async for key, seq in watch():
+            live = self.registry.get(key.session_id)
+            if live is None:
+                continue
+            reader = live.stream if key.stream == 0 else live.request_streams.get(key.stream)
+            if reader is not None and seq > reader.sent_seq:
+                reader.log_changed()
 
     # -- streams ---------------------------------------------------------------------------------
 

@@ -20,10 +20,11 @@ from datapulse.core.jsonrpc import BatchItem, Message, parse_message
 from datapulse.core.session import valid_session_id
 from datapulse.core.tokens import enforced_scopes
 from datapulse.errors import BadRequest
-from datapulse.live.sessions import SessionManager
+from datapulse.live.sessions import LiveSession, SessionManager
 from datapulse.net.http import Request
 from datapulse.protocol.dispatch import Dispatcher
 from datapulse.protocol.session import McpSession
+from datapulse.protocol.state import ProtocolState
 from datapulse.tools.registry import ToolRegistry
 
 
@@ -79,6 +80,16 @@ class TransportContext:
             scopes=enforced_scopes(principal.scopes),
             call_limit=call_limit,
         )
+
+    async def restore_protocol(self, live: LiveSession, principal: Principal) -> McpSession:
+        """The protocol session of ``live``, rebuilt from the state the store holds: for a
+        session made by another instance sharing the store, or by this one before a restart."""
+        protocol = self.protocol_session(principal, session_id=live.id)
+        saved = await self.sessions.store.load_protocol(live.key)
+        if saved is not None:
+            protocol.state = ProtocolState.from_dict(saved)
+        live.protocol = protocol
+        return protocol
 
 
 def session_id_from(request: Request, *names: str) -> str:

@@ -24,10 +24,11 @@ import logging
 import trio
 
 from datapulse.core.sse import encode_data
-from datapulse.errors import BadRequest, DatapulseError, SessionNotFound
+from datapulse.errors import BadRequest, DatapulseError
+from datapulse.live.sessions import LiveSession
 from datapulse.live.stream import SSE_HEADERS, control_comment
 from datapulse.net.http import BodyStream, Request, Response, StreamingResponse
-from datapulse.protocol.session import check_batch
+from datapulse.protocol.session import McpSession, check_batch
 from datapulse.transports.context import TransportContext, session_id_from
 
 log = logging.getLogger("datapulse.sse")
@@ -58,11 +59,7 @@ class LegacySseTransport:
             try:
                 self.context.auth.bind_ticket(request, live.id, KIND)
                 live.protocol = self.context.protocol_session(principal, session_id=live.id)
-
-                async def to_stream(data: bytes) -> None:  # server notifications
-                    await sessions.publish(live, data.decode(), "message")
-
-                self.context.dispatcher.notices.attach(live.protocol, to_stream)
+                self._attach(live, live.protocol)
                 endpoint = encode_data(f"{MESSAGES_PATH}?session_id={live.id}", event="endpoint")
                 await sessions.stream_session(
                     live, out, resume_after=None, preamble=endpoint, control=control_comment
@@ -80,8 +77,11 @@ class LegacySseTransport:
             raise BadRequest("Content-Type must be application/json")
         live = await self.sessions.get(session_id, request.caller.id, KIND)
         protocol = live.protocol
-        if protocol is None:  # pragma: no cover - created together
-            raise SessionNotFound("unknown session")
+        if protocol is None:
+            # Its stream is held by another instance sharing the store: continue from the
+            # state the store holds; what this POST produces reaches that stream through the log.
+            protocol = await self.context.restore_protocol(live, request.caller)
+            self._attach(live, protocol)
         message = self.context.parse_message(request.body, allow_batch=protocol.batches_allowed)
         if isinstance(message, list):
             check_batch(message)  # 400 now: the batch runs after the 202
@@ -100,6 +100,14 @@ class LegacySseTransport:
 
         self.sessions.spawn(live, run)
         return Response(202, [("Content-Type", "text/plain")], b"Accepted")
+
+    def _attach(self, live: LiveSession, protocol: McpSession) -> None:
+        """Server notifications go to the session's log, as ``event: message`` on its stream."""
+
+        async def to_stream(data: bytes) -> None:
+            await self.sessions.publish(live, data.decode(), "message")
+
+        self.context.dispatcher.notices.attach(protocol, to_stream)
 
 
 async def _no_body(out: BodyStream) -> None:

@@ -61,7 +61,6 @@ from datapulse.net.http import JSON_HEADERS, BodyStream, Response, StreamingResp
 from datapulse.net.http import Request as HttpRequest
 from datapulse.protocol.call import MessageSink
 from datapulse.protocol.session import McpSession, Scopes
-from datapulse.protocol.state import ProtocolState
 from datapulse.store.base import LogKey, UnknownLog
 from datapulse.transports.context import TransportContext, checked_session_id
 from datapulse.transports.request_run import (
@@ -119,11 +118,7 @@ class StreamableTransport:
         protocol = live.protocol
         if protocol is None:
             # Not created here (or forgotten): continue from the state the store holds.
-            protocol = self.context.protocol_session(principal, session_id=live.id)
-            saved = await self.sessions.store.load_protocol(live.key)
-            if saved is not None:
-                protocol.state = ProtocolState.from_dict(saved)
-            live.protocol = protocol
+            protocol = await self.context.restore_protocol(live, principal)
             self._attach(live, protocol)
         return live, protocol
 

@@ -1,0 +1,138 @@
+"""Two servers sharing one session store: any instance serves any session.
+
+The store here is the memory store with the one thing a shared backend adds, ``watch()``: every
+append, announced to every instance (what the Redis backend does with one channel). With it,
+the mechanisms that make several instances one server are exercised over real sockets without
+Redis: a session made on A is adopted by B from the store; a request posted to B runs on B and
+its result, appended to the log, reaches the stream held open on A, exactly once and in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import trio
+
+from datapulse import Server
+from datapulse.core.eventlog import LoggedEvent
+from datapulse.store import LogKey, MemorySessionStore
+from tests.helpers import AUTH, SSEReader, bound_tests, make_config
+
+
+MCP = {**AUTH, "Accept": "application/json, text/event-stream"}
+
+
+class WatchedStore(MemorySessionStore):
+    """A memory store that announces every append to every watcher (one per instance)."""
+
+    def __init__(self) -> None:
+        super().__init__(1000, 4 * 1024 * 1024)
+        self._watchers: list[trio.MemorySendChannel[tuple[LogKey, int]]] = []
+
+    async def append(self, key: LogKey, data: str, event: str | None = None) -> LoggedEvent:
+        logged = await super().append(key, data, event)
+        for watcher in self._watchers:
+            watcher.send_nowait((key, logged.seq))
+        return logged
+
+    async def watch(self) -> AsyncIterator[tuple[LogKey, int]]:
+        send, receive = trio.open_memory_channel[tuple[LogKey, int]](10_000)
+        self._watchers.append(send)
+        async with receive:
+            async for item in receive:
+                yield item
+
+
+async def two_servers(nursery: trio.Nursery) -> tuple[str, str]:
+    store = WatchedStore()
+    urls = []
+    for _ in range(2):
+        server = Server(make_config(retry_ms=100), store=store, builtin_tools=True)
+        info = await nursery.start(server.serve)
+        urls.append(info.url)
+    return urls[0], urls[1]
+
+
+async def test_events_stream_on_a_message_posted_to_b(nursery: trio.Nursery) -> None:
+    a, b = await two_servers(nursery)
+    async with (
+        httpx.AsyncClient(base_url=a, headers=AUTH, timeout=5) as on_a,
+        httpx.AsyncClient(base_url=b, headers=AUTH, timeout=5) as on_b,
+        on_a.stream("GET", "/events?session_id=shared") as stream,
+    ):
+        reader = SSEReader(stream)
+        for n in range(3):
+            posted = await on_b.post(
+                "/message?session_id=shared",
+                json={"type": "call_tool", "request_id": f"r{n}", "data": {"name": "get_time"}},
+            )
+            assert posted.status_code == 202, posted.text
+        seen = []
+        for _ in range(3):
+            event = await reader.next_data()
+            seen.append((event.id, orjson.loads(event.data)["request_id"]))
+        assert seen == [("1", "r0"), ("2", "r1"), ("3", "r2")]  # once each, in order
+
+
+async def mcp_init(http: httpx.AsyncClient) -> dict[str, str]:
+    params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t"}}
+    response = await http.post(
+        "/mcp",
+        headers=MCP,
+        json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params},
+    )
+    headers = {**MCP, "Mcp-Session-Id": response.headers["mcp-session-id"]}
+    await http.post(
+        "/mcp", headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+    )
+    return headers
+
+
+async def test_mcp_session_initialized_on_a_called_on_b(nursery: trio.Nursery) -> None:
+    a, b = await two_servers(nursery)
+    async with (
+        httpx.AsyncClient(base_url=a, timeout=5) as on_a,
+        httpx.AsyncClient(base_url=b, timeout=5) as on_b,
+    ):
+        headers = await mcp_init(on_a)
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "get_time"}}
+        answered = await on_b.post("/mcp", headers=headers, json=call)
+        assert answered.status_code == 200
+        assert "time" in answered.json()["result"]["structuredContent"]
+        # B restored the session's protocol state (initialized, its revision) from the store.
+        listed = await on_b.post(
+            "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        )
+        assert [t["name"] for t in listed.json()["result"]["tools"]] == ["get_time", "fetch_url"]
+
+
+async def test_sse_stream_on_a_messages_posted_to_b(nursery: trio.Nursery) -> None:
+    a, b = await two_servers(nursery)
+    async with (
+        httpx.AsyncClient(base_url=a, headers=AUTH, timeout=5) as on_a,
+        httpx.AsyncClient(base_url=b, headers=AUTH, timeout=5) as on_b,
+        on_a.stream("GET", "/sse") as stream,
+    ):
+        reader = SSEReader(stream)
+        endpoint = (await reader.next_data()).data
+        assert endpoint.startswith("/messages?session_id=")
+
+        async def post(message: dict[str, Any]) -> None:
+            response = await on_b.post(endpoint, json={"jsonrpc": "2.0", **message})
+            assert response.status_code == 202, response.text
+
+        params = {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "t"}}
+        await post({"id": 0, "method": "initialize", "params": params})
+        assert orjson.loads((await reader.next_data()).data)["result"]["protocolVersion"] == (
+            "2024-11-05"
+        )
+        await post({"method": "notifications/initialized"})
+        await post({"id": 1, "method": "tools/call", "params": {"name": "get_time"}})
+        result = orjson.loads((await reader.next_data()).data)
+        assert result["id"] == 1 and result["result"]["isError"] is False
+
+
+bound_tests(globals(), 15)
