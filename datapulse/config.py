@@ -220,6 +220,19 @@ class Config:
         "comma-separated secrets sealing 2026-07-28 requestState (the first seals, all open:"
         " rotate by adding one in front); default: a random key per process",
     )
+    # Tasks (tools that outlast their request)
+    task_ttl_s: float = _setting(
+        3600.0,
+        "--task-ttl",
+        "DATAPULSE_TASK_TTL",
+        "seconds a task and its result are kept when the client asks for no TTL (at most 24 h)",
+    )
+    max_tasks_per_principal: int = _setting(
+        100,
+        "--max-tasks-per-principal",
+        "DATAPULSE_MAX_TASKS_PER_PRINCIPAL",
+        "tasks one principal may hold at once (running or finished, until their TTL)",
+    )
     # The app
     app: str = _setting(
         "",
@@ -239,6 +252,7 @@ class Config:
             "fetch_timeout_s",
             "call_timeout_s",
             "input_timeout_s",
+            "task_ttl_s",
         ]
         for name in positive:
             if getattr(self, name) <= 0:

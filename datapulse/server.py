@@ -19,6 +19,8 @@ streams are told, in-flight requests get ``shutdown_grace_s``).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +33,10 @@ from datapulse.auth.redact import add_secret
 from datapulse.auth.setup import StartingVerifier, open_configured_verifier
 from datapulse.auth.verifier import BearerVerifier, Verifier, is_ready
 from datapulse.config import Config
+from datapulse.core import mcp
+from datapulse.core import tasks as core_tasks
+from datapulse.core.jsonrpc import encode_notification
+from datapulse.core.tasks import TaskState
 from datapulse.errors import SessionNotFound
 from datapulse.features.catalog import Catalog
 from datapulse.features.clock import register_clock
@@ -42,6 +48,7 @@ from datapulse.net.server import BoundAddress, HTTPServer
 from datapulse.protocol.dispatch import Dispatcher
 from datapulse.protocol.notices import Notices
 from datapulse.protocol.roundtrip import RoundTrips
+from datapulse.protocol.tasks import TaskRunner
 from datapulse.store import MemorySessionStore, SessionStore
 from datapulse.tools.builtin import register_builtins
 from datapulse.tools.fetch import FetchPolicy
@@ -149,6 +156,13 @@ class Server:
         self.sessions = SessionManager(self.config, self.store, self.metrics)
         # A session that ends hears no more notifications.
         self.sessions.on_close.append(self._forget_session)
+        self.tasks = TaskRunner(
+            self.store,
+            metrics=self.metrics,
+            default_ttl_s=self.config.task_ttl_s,
+            max_tasks_per_principal=self.config.max_tasks_per_principal,
+            on_status=self._task_status,
+        )
         self.dispatcher = Dispatcher(
             self.catalog,
             server_name="datapulse",
@@ -166,6 +180,7 @@ class Server:
                 self.config.input_timeout_s,
             ),
             input_timeout_s=self.config.input_timeout_s,
+            tasks=self.tasks,
         )
         self.router = Router(self.verifier, self.metrics)
         self.router.before.append(
@@ -211,6 +226,21 @@ class Server:
             scrape.add("GET", "/metrics", self._serve_metrics, public=True)
             self.metrics_http = HTTPServer(scrape, scrape_config)
 
+    def _task_status(self, principal: str, state: TaskState) -> None:
+        """2025-11-25 ``notifications/tasks/status`` to the session that started the task,
+        through its log (its GET stream on /mcp, its stream on /sse); never waits."""
+        live = self.sessions.registry.get(state.session_id) if state.session_id else None
+        protocol = live.protocol if live is not None else None
+        if live is None or protocol is None or protocol.modern:
+            return
+        if not mcp.version_at_least(protocol.protocol_version, core_tasks.HANDSHAKE_TASKS_VERSION):
+            return
+        method, params = core_tasks.status_notification(state, core_tasks.HANDSHAKE)
+        data = encode_notification(method, params).decode()
+        event = "message" if live.record.kind == "sse" else None
+        with contextlib.suppress(SessionNotFound):
+            self.sessions.spawn(live, functools.partial(self.sessions.publish, live, data, event))
+
     def _forget_session(self, live: LiveSession, reason: str) -> None:
         if live.protocol is not None:
             self.notices.detach(live.protocol)
@@ -228,6 +258,8 @@ class Server:
         annotations: Mapping[str, Any] | None = None,
         scope: str | None = None,
         raw: bool | None = None,
+        task: bool | str = False,
+        task_detach: bool = False,
     ) -> Callable[[F], F]:
         """Decorator registering a tool. Typed: ``@server.tool()`` over ``async def add(a:
         int, b: int = 1) -> int`` (schemas from the annotations, description from the
@@ -243,6 +275,8 @@ class Server:
             annotations=annotations,
             scope=scope,
             raw=raw,
+            task=task,
+            task_detach=task_detach,
         )
 
     def resource(
@@ -400,6 +434,7 @@ class Server:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.sessions.run)
             await nursery.start(self.notices.run)
+            await nursery.start(self.tasks.run)
             if self.metrics_http is not None:
                 await nursery.start(self.metrics_http.serve)
             recover = getattr(self.verifier, "run_until_ready", None)

@@ -578,3 +578,61 @@ if __name__ == "__main__":
 
     # The same as `python -m datapulse --app examples/conformance_server.py:server ...`.
     sys.exit(main(["--app", f"{__file__}:server", *sys.argv[1:]]))
+
+
+# -- tasks (2025-11-25 tasks, and the io.modelcontextprotocol/tasks extension) ------------------
+
+
+@server.tool()
+async def greet(name: str) -> str:
+    """Sync-only: returns a greeting"""
+    return f"Hello, {name}!"
+
+
+@server.tool(task=True)
+async def slow_compute(seconds: float = 0, label: str = "") -> str:
+    """Sleeps `seconds` seconds, then answers (may run as a task)"""
+    await trio.sleep(seconds)
+    return f"computed {label} after {seconds:g} s"
+
+
+@server.tool(task="required")
+async def failing_job() -> str:
+    """Fails with a tool execution error after about a second (runs only as a task)"""
+    await trio.sleep(1)
+    raise ToolError("failing_job failed, as it always does")
+
+
+@server.tool(task=True)
+async def protocol_error_job(context: ToolContext) -> str:
+    """Fails with a protocol-level error: it needs roots, which the suite's client lacks"""
+    context.require_client_capability("roots")
+    return "unreachable"
+
+
+@server.tool(task=True)
+async def confirm_delete(filename: str, context: ToolContext) -> str:
+    """Asks the user to confirm, then 'deletes' the file"""
+    schema = {"type": "object", "properties": {"confirm": {"type": "boolean"}}}
+    answer = await context.elicit(f"Delete {filename}?", schema)
+    return f"{answer.action}: deleted={bool(answer.content.get('confirm'))} {filename}"
+
+
+@server.tool(task=True)
+async def multi_input(context: ToolContext) -> str:
+    """Asks two questions at once"""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    answers = await context.request_input(
+        {"first": Elicitation("First?", schema), "second": Elicitation("Second?", schema)}
+    )
+    return json.dumps({key: answer.content for key, answer in answers.items()})
+
+
+@server.tool(task="required", task_detach=True)
+async def test_tool_with_task(context: ToolContext) -> str:
+    """Asks for a name over the round trip, then goes on as a task"""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    answer = await context.elicit("What is your name?", schema, key="user_name")
+    await context.detach()
+    await trio.sleep(0.2)
+    return f"Hello, {answer.content.get('name')}!"

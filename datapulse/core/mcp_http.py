@@ -30,7 +30,15 @@ class HeaderMismatch(BadRequest):
 
 
 # Body field mirrored in the Mcp-Name header, per method.
-_NAME_FIELDS: Final = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_NAME_FIELDS: Final = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    # SEP-2663 (the tasks extension): Mcp-Name carries params.taskId.
+    "tasks/get": "taskId",
+    "tasks/update": "taskId",
+    "tasks/cancel": "taskId",
+}
 
 
 def decode_header_value(value: str) -> str | None:

@@ -18,9 +18,11 @@ from datapulse.core.jsonrpc import DEFAULT_MAX_BATCH_ITEMS, DEFAULT_MAX_DEPTH
 from datapulse.features.catalog import Catalog
 from datapulse.metrics import Metrics
 from datapulse.protocol import methods
+from datapulse.protocol import tasks as task_methods
 from datapulse.protocol.notices import Notices
 from datapulse.protocol.roundtrip import RoundTrips
 from datapulse.protocol.session import Handler
+from datapulse.protocol.tasks import TaskRunner
 from datapulse.store.memory import MemorySessionStore
 from datapulse.tools.registry import Tool, ToolRegistry
 from datapulse.version import __version__
@@ -59,6 +61,7 @@ class Dispatcher:
         max_subscriptions: int = 256,
         round_trips: RoundTrips | None = None,
         input_timeout_s: float = 300.0,
+        tasks: TaskRunner | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -82,6 +85,7 @@ class Dispatcher:
             )
         self.round_trips = round_trips
         self.input_timeout_s = input_timeout_s
+        self.tasks = tasks
         self.metrics = metrics if metrics is not None else Metrics()
         self.server_name = server_name
         self.server_version = server_version
@@ -102,6 +106,7 @@ class Dispatcher:
             "resources/subscribe": methods.subscribe,
             "resources/unsubscribe": methods.unsubscribe,
             **_SHARED_METHODS,
+            **task_methods.HANDSHAKE_METHODS,  # each refuses a session older than 2025-11-25
         }
         # 2026-07-28 removed initialize, ping, logging/setLevel and resources/(un)subscribe
         # (subscriptions/listen replaces them, with the GET stream): -32601 there.
@@ -109,6 +114,7 @@ class Dispatcher:
             "server/discover": methods.discover,
             "subscriptions/listen": methods.listen,
             **_SHARED_METHODS,
+            **task_methods.MODERN_METHODS,  # the extension: no tasks/result, no tasks/list
         }
 
     def check_output(self, tool: Tool, output: Any) -> str | None:

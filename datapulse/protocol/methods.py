@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from datapulse.core import mcp
+from datapulse.core import tasks as core_tasks
 from datapulse.core.inputs import BadAnswer, InputRequest, InputRequired
 from datapulse.core.jsonrpc import InvalidRequest
 from datapulse.core.tokens import has_scope
@@ -29,6 +30,7 @@ from datapulse.errors import (
 from datapulse.protocol.call import Call
 from datapulse.protocol.notices import ListenStream
 from datapulse.protocol.session import McpSession
+from datapulse.protocol.tasks import TaskHandle
 from datapulse.tools.registry import Tool, ToolContext
 
 log = logging.getLogger("datapulse.dispatch")
@@ -51,9 +53,13 @@ async def initialize(session: McpSession, call: Call) -> dict[str, Any]:
     session.initialized = True
     session._initialize_id = call.request.id
     d = session.dispatcher
-    return mcp.initialize_result(
+    result = mcp.initialize_result(
         session.protocol_version, d.server_name, d.server_version, d.instructions
     )
+    if d.tasks is not None:  # capabilities.tasks at 2025-11-25 (nothing before)
+        extra = core_tasks.server_capabilities(session.protocol_version, modern=False)
+        core_tasks.merge_capabilities(result["capabilities"], extra)
+    return result
 
 
 async def ping(session: McpSession, call: Call) -> dict[str, Any]:
@@ -61,11 +67,20 @@ async def ping(session: McpSession, call: Call) -> dict[str, Any]:
 
 
 async def discover(session: McpSession, call: Call) -> dict[str, Any]:
-    return mcp.discover_result(session.dispatcher.instructions)
+    result = mcp.discover_result(session.dispatcher.instructions)
+    if session.dispatcher.tasks is not None:  # capabilities.extensions[<the tasks extension>]
+        extra = core_tasks.server_capabilities(mcp.MODERN_VERSION, modern=True)
+        core_tasks.merge_capabilities(result["capabilities"], extra)
+    return result
 
 
 async def list_tools(session: McpSession, call: Call) -> dict[str, Any]:
-    return _page(session, call, "tools", [t.describe() for t in session.dispatcher.registry])
+    version, modern = session.protocol_version, session.modern
+    entries = [
+        core_tasks.entry_for_version(t.describe(), t.task_support, version, modern=modern)
+        for t in session.dispatcher.registry
+    ]
+    return _page(session, call, "tools", entries)
 
 
 def _page(session: McpSession, call: Call, key: str, entries: list[Any]) -> dict[str, Any]:
@@ -208,6 +223,16 @@ async def call_tool(session: McpSession, call: Call) -> dict[str, Any]:
         if session.modern or mcp.version_at_least(session.protocol_version, "2025-11-25"):
             return mcp.tool_error_result(str(exc))
         raise
+    if d.tasks is not None and d.tasks.wants_task(session, call, tool):
+
+        async def run(handle: TaskHandle) -> dict[str, Any]:
+            return await run_tool(session, call, tool, arguments, task=handle)
+
+        defer = math.inf if session.modern and tool.task_detach else None
+        created: dict[str, Any] = await d.tasks.start(
+            session, call, tool, arguments, run, defer_s=defer
+        )
+        return created
     limit = session.call_limit
     try:
         # On behalf of the call, not the task: one task may run several sessions' calls in turn.
@@ -308,13 +333,22 @@ def tool_context(session: McpSession, call: Call, logger: str, asking: _Asking) 
 
 
 async def run_tool(
-    session: McpSession, call: Call, tool: Tool, arguments: dict[str, Any]
+    session: McpSession,
+    call: Call,
+    tool: Tool,
+    arguments: dict[str, Any],
+    task: TaskHandle | None = None,
 ) -> dict[str, Any]:
     d = session.dispatcher
     asking = _Asking(session, call, {"name": tool.name, "arguments": call.params.get("arguments")})
     await asking.load()  # a bad or replayed requestState is refused before the tool runs
     context = tool_context(session, call, tool.name, asking)
     timeout = d.call_timeout_s
+    if task is not None:
+        # A task asks through its record (input_required + tasks/update, or over tasks/result)
+        # once it is one, and is bounded by its TTL rather than by the call timeout.
+        context.input_sink = task.input_sink(context.input_sink)
+        context.detach_sink, timeout = task.detach, None
     output: Any = None
     with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
         try:

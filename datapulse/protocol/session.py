@@ -85,6 +85,7 @@ class DispatcherView(Protocol):
     max_subscriptions: int
     round_trips: RoundTrips
     input_timeout_s: float
+    tasks: Any  # protocol.tasks.TaskRunner | None (that module imports this one)
     server_name: str
     server_version: str
     instructions: str | None

@@ -15,9 +15,12 @@ How a call becomes a task (``methods.call_tool``)::
 ``wants_task`` applies each revision's rules (raising -32601 / -32021 where the spec says so);
 ``start`` writes the record (it is readable before the ``CreateTaskResult`` goes out) and runs
 ``run(handle)`` in the runner's nursery. ``run`` is the coroutine function that runs the tool
-and returns the ``tools/call`` result dict; ``handle.ask`` is the ``ToolContext.input_sink`` a
-task's tool asks the client through (``input_required`` until ``tasks/update`` answers, on
-2026-07-28; over ``tasks/result`` on 2025-11-25, when a ``client_asker`` is configured).
+and returns the ``tools/call`` result dict; ``handle.input_sink(inline)`` is the
+``ToolContext.input_sink`` a task's tool asks the client through: ``input_required`` until
+``tasks/update`` answers (2026-07-28), or a request over the client's ``tasks/result`` call
+(2025-11-25, ``ask_over_stream``). With ``defer_s`` (2026-07-28) the tool runs first and the
+call becomes a task only when it calls ``handle.detach()`` (or runs past ``defer_s``): a tool
+can gather input over the round trip (``input_required``) before it is a task.
 
 Every method handler reads the record through the requester's principal: another principal's
 task answers exactly like a missing one (-32602), and ``tasks/list`` lists only its own.
@@ -30,6 +33,7 @@ read its result.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -138,16 +142,27 @@ class _Live:
 
     runner: TaskRunner
     principal: str
-    task_id: str
+    state: TaskState
+    """The record as created (``create_task``); later changes are read from the store."""
     tool: str
     flavour: str
-    deadline: float
-    """trio clock time at which the record expires (the tool is stopped then)."""
     scope: trio.CancelScope | None = None
     cancel_requested: bool = False
     done: trio.Event = field(default_factory=trio.Event)
     changed: trio.Event = field(default_factory=trio.Event)
     used_keys: set[str] = field(default_factory=set)
+    created: bool = False
+    """Whether the record exists: from the start, or once a deferred call became a task."""
+    creating: trio.Event | None = None
+    """Set once the record has been written (or could not be); None before anyone tried."""
+    settled: trio.Event = field(default_factory=trio.Event)
+    """A deferred call has an answer: it became a task, or it ended inline."""
+    inline: _Inline | None = None
+    """A deferred call's outcome while it is not (yet) a task."""
+
+    @property
+    def task_id(self) -> str:
+        return self.state.task_id
 
     def cancel(self) -> None:
         self.cancel_requested = True
@@ -160,8 +175,24 @@ class _Live:
         self.changed = trio.Event()
 
 
+@dataclass(eq=False)
+class _Inline:
+    """How a deferred call ended before it became a task: its result or its error."""
+
+    result: dict[str, Any] | None = None
+    error: DatapulseError | None = None
+    ended: bool = False
+
+    def answer(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
 class TaskHandle:
-    """What ``run`` is given: the task's id and ``ask``, its tool's ``ToolContext.input_sink``."""
+    """What ``run`` is given: the task's id, ``ask`` (its tool's ``ToolContext.input_sink``
+    once it is a task) and, for a deferred call, ``detach``."""
 
     def __init__(self, live: _Live) -> None:
         self._live = live
@@ -169,6 +200,30 @@ class TaskHandle:
     @property
     def task_id(self) -> str:
         return self._live.task_id
+
+    @property
+    def is_task(self) -> bool:
+        """Whether the call is a task now (always, unless it was started deferred and has not
+        detached yet)."""
+        return self._live.created
+
+    async def detach(self) -> None:
+        """Become a task now (a deferred call; a no-op for a task): the record is written and
+        the request is answered ``CreateTaskResult`` while the tool goes on. A tool that
+        gathered input over the 2026 round trip (``input_required``) calls this once it has
+        everything (SEP-2663: MRTR exchanges before the task is created)."""
+        await self._live.runner._detach(self._live)
+
+    def input_sink(self, inline: InputSink) -> InputSink:
+        """The ``ToolContext.input_sink`` for this call: ``inline`` (the request's own way of
+        asking) until it is a task, ``ask`` from then on."""
+
+        async def sink(requests: dict[str, InputRequest]) -> dict[str, Any]:
+            if self.is_task:
+                return await self.ask(requests)
+            return await inline(requests)
+
+        return sink
 
     async def ask(self, requests: dict[str, InputRequest]) -> dict[str, Any]:
         """Ask the client ``requests`` (key -> request) and return its answers by the same
@@ -178,6 +233,7 @@ class TaskHandle:
 
 
 Run = Callable[[TaskHandle], Awaitable[dict[str, Any]]]
+InputSink = Callable[[dict[str, InputRequest]], Awaitable[dict[str, Any]]]
 
 
 class TaskRunner:
@@ -279,11 +335,24 @@ class TaskRunner:
         return False
 
     async def start(
-        self, session: McpSession, call: Call, tool: ToolLike, arguments: dict[str, Any], run: Run
+        self,
+        session: McpSession,
+        call: Call,
+        tool: ToolLike,
+        arguments: dict[str, Any],
+        run: Run,
+        *,
+        defer_s: float | None = None,
     ) -> dict[str, Any]:
         """Create the task (durably: readable before this returns), run ``run(handle)`` in the
         runner's nursery, and return the ``CreateTaskResult`` for the session's revision.
-        ``arguments`` are the validated arguments (kept out of the record: ``run`` has them)."""
+        ``arguments`` are the validated arguments (kept out of the record: ``run`` has them).
+
+        ``defer_s`` (2026-07-28, where the server decides): run the tool first and make it a
+        task only when it calls ``handle.detach()`` or is still running after ``defer_s``
+        seconds (``math.inf``: only when it detaches). A call that ends before that answers
+        inline, as a plain ``tools/call`` would (its result, its ``input_required`` round, or
+        its error): the spec's immediate-result shortcut, and MRTR before task creation."""
         nursery = self._nursery
         if nursery is None:
             raise ServiceUnavailable("tasks are not being run (the server is not serving)")
@@ -292,7 +361,6 @@ class TaskRunner:
         ttl_ms = wire.clamp_ttl_ms(
             requested.ttl_ms if requested else None, self.default_ttl_ms, self.max_ttl_ms
         )
-        principal = principal_key(session)
         state = TaskState(
             task_id=new_task_id(),
             tool=tool.name,
@@ -302,13 +370,36 @@ class TaskRunner:
             flavour=flavour,
             session_id=session.session_id,
         )
+        live = _Live(self, principal_key(session), state, tool.name, flavour)
+        if defer_s is None:
+            await self._create(live)
+            nursery.start_soon(self._execute, live, run)
+            return wire.create_task_result(live.state, flavour)
+        live.inline = _Inline()
+        nursery.start_soon(self._execute, live, run)
+        try:
+            with trio.move_on_after(defer_s):
+                await live.settled.wait()
+            if not live.created and not live.inline.ended:
+                await self._detach(live)  # still running: a task from now on
+        except BaseException:
+            if not live.created:
+                live.cancel()  # the tool was this request's, and goes with it
+            raise
+        if live.created:
+            return wire.create_task_result(live.state, flavour)
+        return live.inline.answer()
+
+    async def _create(self, live: _Live) -> None:
+        """Write the record; TooManyRequests past the principal's bound."""
+        state = live.state
         for _ in range(3):
             try:
                 await self.store.create_task(
-                    principal,
+                    live.principal,
                     state.task_id,
                     state.to_dict(),
-                    ttl_ms / 1000,
+                    state.ttl_ms / 1000,
                     self.max_tasks_per_principal,
                 )
                 break
@@ -320,67 +411,96 @@ class TaskRunner:
                 raise TooManyRequests(str(exc), retry_after_s=5) from None
         else:
             raise DatapulseError("could not allocate a task id")
-        live = _Live(
-            self,
-            principal,
-            state.task_id,
-            tool.name,
-            flavour,
-            deadline=trio.current_time() + ttl_ms / 1000,
-        )
+        live.created = True
         self._live[state.task_id] = live
-        nursery.start_soon(self._execute, live, run)
-        if self.watch_interval_s is not None:
-            nursery.start_soon(self._watch, live)
-        log.info("task %s created (%s, principal %s)", state.task_id, tool.name, principal)
-        return wire.create_task_result(state, flavour)
+        if live.scope is not None:
+            live.scope.deadline = trio.current_time() + state.ttl_ms / 1000
+        if self.watch_interval_s is not None and self._nursery is not None:
+            self._nursery.start_soon(self._watch, live)
+        log.info("task %s created (%s, principal %s)", state.task_id, live.tool, live.principal)
+
+    async def _detach(self, live: _Live) -> None:
+        """Make a deferred call a task (once; concurrent callers wait for the first)."""
+        if live.created:
+            return
+        if live.creating is not None:
+            await live.creating.wait()
+            if not live.created:
+                raise ServiceUnavailable("the call could not become a task")
+            return
+        if live.inline is not None and live.inline.ended:
+            raise RuntimeError("the call has ended; it cannot become a task")
+        live.creating = trio.Event()
+        try:
+            # The TTL counts from the record's creation, not from the call's.
+            live.state.created_at = live.state.updated_at = self.clock()
+            await self._create(live)
+        finally:
+            live.creating.set()
+        live.settled.set()
 
     # -- running ----------------------------------------------------------------------------------
 
     async def _execute(self, live: _Live, run: Run) -> None:
         started = time.perf_counter()
         outcome = "cancelled"
+        result: dict[str, Any] | None = None
+        error: DatapulseError | None = None
         final: Callable[[TaskState, float], None] | None = None
+        deadline = math.inf
+        if live.created:
+            deadline = trio.current_time() + live.state.ttl_ms / 1000
         try:
-            with trio.CancelScope(deadline=live.deadline) as scope:
+            with trio.CancelScope(deadline=deadline) as scope:
                 live.scope = scope
                 if live.cancel_requested:
                     scope.cancel()
                 try:
                     result = json_safe(await run(TaskHandle(live)))
                 except DatapulseError as exc:
-                    outcome = "protocol_error"
-                    error = wire.error_object(exc)
-                    final = lambda s, now: s.fail(error, now)  # noqa: E731
+                    outcome, error = "protocol_error", exc
                 except InputRequired:
                     # The 2026 round trip's way out of a tool; a task asks through its handle.
                     log.error("task %s: the tool asked for input outside its task", live.task_id)
-                    outcome = "protocol_error"
-                    final = _failure("internal error")
+                    outcome, error = "protocol_error", DatapulseError("internal error")
                 except Exception:
                     log.exception("task %s (%s) failed", live.task_id, live.tool)
-                    outcome = "protocol_error"
-                    final = _failure("internal error")
+                    outcome, error = "protocol_error", DatapulseError("internal error")
                 else:
                     outcome = "error" if result.get("isError") else "ok"
-                    final = lambda s, now: s.complete(result, now)  # noqa: E731
-            if final is None:  # our own scope caught it: tasks/cancel, or the TTL ran out
-                if live.cancel_requested:
-                    final = lambda s, now: s.cancel(now)  # noqa: E731
-                else:
-                    final = _failure("the task outlived its ttl and was stopped")
+            if result is not None:
+                done = result
+                final = lambda s, now: s.complete(done, now)  # noqa: E731
+            elif error is not None:
+                failure = wire.error_object(error)
+                final = lambda s, now: s.fail(failure, now)  # noqa: E731
+            elif live.cancel_requested:  # our own scope caught it: tasks/cancel
+                final = lambda s, now: s.cancel(now)  # noqa: E731
+            else:  # ... or the TTL ran out
+                final = _failure("the task outlived its ttl and was stopped")
+                error = ServiceUnavailable("the call was stopped")
         except trio.Cancelled:
             final = _failure("the server running this task shut down")
+            error = ServiceUnavailable("the server is shutting down")
             raise
         finally:
             if final is None:  # a BaseException we do not handle (KeyboardInterrupt...)
                 final = _failure("internal error")
             with trio.CancelScope(shield=True), trio.move_on_after(self.write_timeout_s):
-                try:
-                    await self._update(live.principal, live.task_id, final, live)
-                except Exception:
-                    log.exception("task %s: its outcome could not be written", live.task_id)
+                if live.creating is not None:
+                    await live.creating.wait()  # becoming a task right now: the task's outcome
+                if live.created:
+                    try:
+                        await self._update(live.principal, live.task_id, final, live)
+                    except Exception:
+                        log.exception("task %s: its outcome could not be written", live.task_id)
             self._live.pop(live.task_id, None)
+            if not live.created and live.inline is not None:
+                live.inline.result, live.inline.error = result, error
+                if result is None and error is None:
+                    live.inline.error = DatapulseError("internal error")
+                live.inline.ended = True
+                live.settled.set()
             live.done.set()
             live.poke()
             if self.metrics is not None:

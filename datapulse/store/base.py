@@ -58,6 +58,23 @@ class UnknownLog(Exception):
     """The log is not held (never opened, dropped as too old, or its session ended)."""
 
 
+class TaskLimitReached(Exception):
+    """``create_task`` refused: the principal (or the store as a whole) holds as many unexpired
+    tasks as it may. The message says which bound and what to do."""
+
+
+class TaskExists(Exception):
+    """``create_task`` was given the id of a task the store already holds."""
+
+
+class StoredTask(NamedTuple):
+    """A task record as read: its data (JSON-safe, a copy) and its revision, which
+    ``save_task`` compares so that two writers never overwrite each other unseen."""
+
+    rev: int
+    data: dict[str, Any]
+
+
 class SessionStore(Protocol):
     # -- records ---------------------------------------------------------------------------
     async def create(self, record: SessionRecord) -> None:
@@ -114,3 +131,34 @@ class SessionStore(Protocol):
     async def take_state(self, key: str) -> dict[str, Any] | None:
         """The data under ``key``, removed (each state is redeemed once); None if there is
         none: never stored, already taken, expired or evicted."""
+
+    # -- tasks (durable tool calls: protocol.tasks) ------------------------------------------
+    # Keyed by (principal, task id): another principal's task is not there at all, so it reads
+    # exactly like a missing one. A task expires ``ttl_s`` after its creation, whatever it is
+    # doing (the runner stops a task that outlives its record). ``data`` is JSON-safe
+    # (``core.tasks.TaskState.to_dict``); a network backend stores it as JSON.
+
+    async def create_task(
+        self, principal: str, task_id: str, data: dict[str, Any], ttl_s: float, limit: int
+    ) -> None:
+        """Store a new task record (revision 1) of ``principal``. It is readable (``load_task``,
+        on every instance) once this returns. TaskLimitReached if the principal already holds
+        ``limit`` unexpired tasks (or the store its overall bound); TaskExists if the id is
+        taken."""
+
+    async def load_task(self, principal: str, task_id: str) -> StoredTask | None:
+        """The principal's task (a copy), or None: never stored, expired, deleted, or another
+        principal's."""
+
+    async def save_task(
+        self, principal: str, task_id: str, data: dict[str, Any], rev: int
+    ) -> int | None:
+        """Replace the record if it is still at revision ``rev`` (what ``load_task`` said); the
+        new revision, or None if it changed meanwhile or is gone (re-read and decide again).
+        The expiry stays what ``create_task`` set."""
+
+    async def list_tasks(self, principal: str) -> list[StoredTask]:
+        """The principal's unexpired tasks, oldest first."""
+
+    async def delete_task(self, principal: str, task_id: str) -> None:
+        """Forget the task (idempotent)."""

@@ -8,8 +8,10 @@ only once it is written back through the interface.
 from __future__ import annotations
 
 import copy
+import heapq
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Any, Final
 
 from datapulse.core.eventlog import LoggedEvent, ReplayLog
@@ -19,14 +21,28 @@ from datapulse.store.base import (
     LogKey,
     LogRead,
     SessionExists,
+    StoredTask,
+    TaskExists,
+    TaskLimitReached,
     UnknownLog,
 )
 
 MAX_STATES: Final = 10_000
 """Round-trip states held at once; past it the oldest goes (its retry is told to start over)."""
 
+MAX_TASKS: Final = 10_000
+"""Task records held at once, all principals together (each principal has its own, lower bound:
+``create_task``'s ``limit``). Past it new tasks are refused, never old ones dropped early."""
+
 _EMPTY = ReplayLog(1, 1)
 """Stands in for a session log that has had no event yet (never appended to)."""
+
+
+@dataclass(slots=True)
+class _HeldTask:
+    expires_at: float
+    rev: int
+    data: dict[str, Any]
 
 
 class MemorySessionStore:
@@ -40,6 +56,11 @@ class MemorySessionStore:
         self._request_logs: dict[str, deque[LogKey]] = {}
         self._next_stream: dict[str, int] = {}
         self._states: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        # principal -> task id -> [expires_at, rev, data], in creation order; _task_expiry is a
+        # heap of (expires_at, principal, task id) so expired tasks go without a full scan.
+        self._tasks: dict[str, dict[str, _HeldTask]] = {}
+        self._task_expiry: list[tuple[float, str, str]] = []
+        self._task_count = 0
 
     # -- records ---------------------------------------------------------------------------
 
@@ -166,3 +187,76 @@ class MemorySessionStore:
         if held is None or held[0] <= time.monotonic():
             return None
         return held[1]
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def _expire_tasks(self, now: float) -> None:
+        heap = self._task_expiry
+        while heap and heap[0][0] <= now:
+            expires, principal, task_id = heapq.heappop(heap)
+            held = self._tasks.get(principal, {}).get(task_id)
+            if held is not None and held.expires_at == expires:
+                self._drop_task(principal, task_id)
+
+    def _drop_task(self, principal: str, task_id: str) -> None:
+        owned = self._tasks.get(principal)
+        if owned is not None and owned.pop(task_id, None) is not None:
+            self._task_count -= 1
+            if not owned:
+                del self._tasks[principal]
+
+    def _held_task(self, principal: str, task_id: str) -> _HeldTask | None:
+        now = time.monotonic()
+        self._expire_tasks(now)
+        held = self._tasks.get(principal, {}).get(task_id)
+        return held if held is not None and held.expires_at > now else None
+
+    async def create_task(
+        self, principal: str, task_id: str, data: dict[str, Any], ttl_s: float, limit: int
+    ) -> None:
+        now = time.monotonic()
+        self._expire_tasks(now)
+        owned = self._tasks.get(principal, {})
+        if task_id in owned:
+            raise TaskExists(task_id)
+        if len(owned) >= limit:
+            raise TaskLimitReached(
+                f"this principal holds {len(owned)} tasks, the most it may; wait for one to"
+                " expire (each lives for its ttl from creation)"
+            )
+        if self._task_count >= MAX_TASKS:
+            raise TaskLimitReached(f"the server holds {MAX_TASKS} tasks; try again later")
+        expires = now + ttl_s
+        self._tasks.setdefault(principal, {})[task_id] = _HeldTask(expires, 1, copy.deepcopy(data))
+        self._task_count += 1
+        heapq.heappush(self._task_expiry, (expires, principal, task_id))
+
+    async def load_task(self, principal: str, task_id: str) -> StoredTask | None:
+        held = self._held_task(principal, task_id)
+        return None if held is None else StoredTask(held.rev, copy.deepcopy(held.data))
+
+    async def save_task(
+        self, principal: str, task_id: str, data: dict[str, Any], rev: int
+    ) -> int | None:
+        held = self._held_task(principal, task_id)
+        if held is None or held.rev != rev:
+            return None
+        held.rev += 1
+        held.data = copy.deepcopy(data)
+        return held.rev
+
+    async def list_tasks(self, principal: str) -> list[StoredTask]:
+        now = time.monotonic()
+        self._expire_tasks(now)
+        return [
+            StoredTask(held.rev, copy.deepcopy(held.data))
+            for held in self._tasks.get(principal, {}).values()
+            if held.expires_at > now
+        ]
+
+    async def delete_task(self, principal: str, task_id: str) -> None:
+        self._drop_task(principal, task_id)
+
+    def task_count(self) -> int:
+        """Task records held, every principal's (for tests and leak checks)."""
+        return self._task_count

@@ -39,6 +39,7 @@ from datapulse.core.inputs import (
     check_answer,
 )
 from datapulse.core.mcp_http import invalid_header_annotation
+from datapulse.core.tasks import TaskSupport, execution_entry, task_support_of
 from datapulse.errors import InvalidParams, ToolError, UnknownTool
 from datapulse.tools.signature import WRAPPED_KEY as WRAPPED
 from datapulse.tools.signature import FunctionSignature
@@ -66,6 +67,10 @@ async def _discard_log(level: str, data: Any) -> None:
 InputSink = Callable[[dict[str, "InputRequest"]], Awaitable[dict[str, Any]]]
 
 
+async def _no_detach() -> None:
+    return None
+
+
 async def _no_input(requests: dict[str, InputRequest]) -> dict[str, Any]:
     raise ToolError("this call cannot ask the client for input")
 
@@ -89,6 +94,8 @@ class ToolContext:
     the request's own ``_meta`` on 2026-07-28."""
     protocol_version: str | None = None
     input_sink: InputSink = _no_input
+    detach_sink: Callable[[], Awaitable[None]] = _no_detach
+    """Makes the call a task now (``protocol.tasks.TaskHandle.detach``); a no-op otherwise."""
     """Asks the client (``core.inputs``): a request over the stream, or ``input_required``."""
     _asked: int = 0
 
@@ -153,6 +160,11 @@ class ToolContext:
         roots: list[dict[str, Any]] = (await self.request_input({key: ListRoots()}))[key]
         return roots
 
+    async def detach(self) -> None:
+        """Go on as a task: the call is answered with a task handle now and the rest of the tool
+        runs in the background (a ``task_detach`` tool on 2026-07-28; a no-op otherwise)."""
+        await self.detach_sink()
+
     def require_client_capability(self, capability: str) -> None:
         """Refuse the call unless the client declared ``capability`` (``"sampling"``,
         ``"elicitation"``...): a protocol error (-32021, HTTP 400 on 2026-07-28) rather than a
@@ -182,6 +194,12 @@ class Tool:
     """MCP tool annotations (``readOnlyHint``, ``destructiveHint``...): hints, never trusted."""
     signature: FunctionSignature | None = None
     """Set for a typed tool: its arguments are validated by the signature, not by jsonschema."""
+    task_support: TaskSupport = "forbidden"
+    """Whether a call may run as a durable task (``protocol.tasks``): 2025-11-25's
+    ``execution.taskSupport``; a ``required`` tool runs only as a task."""
+    task_detach: bool = False
+    """2026-07-28: the call runs inline (its input over the round trip) until the tool calls
+    ``context.detach()``, and is a task from then on."""
 
     def describe(self) -> dict[str, Any]:
         """The MCP ``tools/list`` entry for this tool (``core.mcp`` trims it per revision)."""
@@ -194,6 +212,9 @@ class Tool:
             entry["outputSchema"] = dict(self.output_schema)
         if self.annotations:
             entry["annotations"] = dict(self.annotations)
+        execution = execution_entry(self.task_support)
+        if execution is not None:
+            entry["execution"] = execution  # core.tasks.entry_for_version keeps it at 2025-11-25
         return entry
 
 
@@ -281,6 +302,8 @@ class ToolRegistry:
         annotations: Mapping[str, Any] | None = None,
         scope: str | None = None,
         raw: bool | None = None,
+        task: bool | str = False,
+        task_detach: bool = False,
     ) -> Callable[[F], F]:
         """Decorator registering ``fn`` as a tool and returning it unchanged.
 
@@ -302,6 +325,8 @@ class ToolRegistry:
                     annotations=annotations,
                     scope=scope,
                     raw=raw,
+                    task=task,
+                    task_detach=task_detach,
                 )
             )
             return fn
@@ -361,6 +386,8 @@ def make_tool(
     annotations: Mapping[str, Any] | None = None,
     scope: str | None = None,
     raw: bool | None = None,
+    task: bool | str = False,
+    task_detach: bool = False,
 ) -> Tool:
     """A ``Tool`` for ``fn`` in whichever form it is written (see the module docstring)."""
     name = name or str(getattr(fn, "__name__", ""))
@@ -379,6 +406,8 @@ def make_tool(
             required_scope=scope,
             title=title,
             annotations=annotations,
+            task_support=task_support_of(task),
+            task_detach=task_detach,
         )
     if input_schema is not None:
         raise TypeError(f"tool {name!r}: input_schema= is for raw (arguments, context) tools")
@@ -403,4 +432,6 @@ def make_tool(
         title=title,
         annotations=annotations,
         signature=signature,
+        task_support=task_support_of(task),
+        task_detach=task_detach,
     )

@@ -659,6 +659,7 @@ async def test_c75_c76_initialize_result_shape(env: Env) -> None:
         "prompts",
         "completions",
         "logging",
+        "tasks",
     }
     assert result["capabilities"]["resources"] == {"subscribe": True, "listChanged": True}
 

@@ -63,26 +63,10 @@ TEST_TIMEOUT_S = 300  # per test, with the first one's `npm ci` when .ci/run has
 
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
-_TASKS = "tasks extension (io.modelcontextprotocol/tasks): not in datapulse (a later issue)"
 
 # (revision, scenario) excuses the whole scenario; (revision, "scenario:check-id") one check
 # of it (every occurrence of that id), so the scenario's other checks still count.
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    **{
-        (EXTENSIONS, f"tasks-{name}"): _TASKS
-        for name in (
-            "lifecycle",
-            "capability-negotiation",
-            "wire-fields",
-            "request-state-removal",
-            "mrtr-input",
-            "request-headers",
-            "dispatch-and-envelope",
-            "required-task-error",
-            "mrtr-composition",
-        )
-    },
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 AUTH_PRELOAD = r"""
 // Loaded with `node --import` into the conformance CLI, which cannot send headers of its own:

@@ -21,7 +21,6 @@ from datapulse.core.eventlog import LoggedEvent
 from datapulse.store import LogKey, MemorySessionStore
 from tests.helpers import AUTH, SSEReader, bound_tests, make_config
 
-
 MCP = {**AUTH, "Accept": "application/json, text/event-stream"}
 
 

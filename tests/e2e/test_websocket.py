@@ -18,7 +18,7 @@ import trio_websocket
 import wsproto
 import wsproto.events
 
-from datapulse.core import mcp
+from datapulse.core import mcp, tasks
 from tests.helpers import AUTH, Env, RawWebSocket, bound_tests, make_env, rpc, wire
 
 TEST_TIMEOUT_S = 10
@@ -66,7 +66,11 @@ async def initialize(ws: trio_websocket.WebSocketConnection, version: str = "202
     reply = await receive(ws)
     assert reply["id"] == "init"
     assert reply["result"]["protocolVersion"] == version
-    assert set(reply["result"]["capabilities"]) == set(mcp.server_capabilities(version))
+    expected = {
+        **mcp.server_capabilities(version),
+        **tasks.server_capabilities(version, modern=False),
+    }
+    assert set(reply["result"]["capabilities"]) == set(expected)
     await send(ws, {"jsonrpc": "2.0", "method": "notifications/initialized"})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import trio
 
 from datapulse.core.eventlog import ReplayGone
 from datapulse.core.sse import encode_data
@@ -21,6 +22,7 @@ from datapulse.store import (
     SessionStore,
     UnknownLog,
 )
+from datapulse.store.base import StoredTask, TaskExists, TaskLimitReached
 from tests.unit.store_helpers import new_record
 
 MAX_EVENTS = 5
@@ -205,3 +207,79 @@ async def test_a_dropped_request_log_is_gone_and_the_session_log_cannot_be_dropp
 async def test_a_request_log_needs_its_session(store: SessionStore) -> None:
     with pytest.raises(UnknownLog):
         await store.open_request_log("nobody")
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+
+TASK = {"task_id": "t1", "status": "working", "result": None, "nested": {"list": [1, "two"]}}
+
+
+async def test_a_task_reads_back_as_json_and_as_a_copy_and_only_for_its_principal(
+    store: SessionStore,
+) -> None:
+    data = {**TASK, "nested": {"list": [1, "two"]}}
+    await store.create_task("alice", "t1", data, ttl_s=60, limit=10)
+    data["nested"]["list"].append("changed after creating")  # type: ignore[index]
+    held = await store.load_task("alice", "t1")
+    assert held == StoredTask(1, TASK)
+    assert held is not None
+    held.data["status"] = "changed after reading"
+    assert (await store.load_task("alice", "t1")) == StoredTask(1, TASK)
+    assert await store.load_task("mallory", "t1") is None  # someone else's: not there at all
+    assert await store.load_task("alice", "nope") is None
+    assert await store.list_tasks("mallory") == []
+    with pytest.raises(TaskExists):
+        await store.create_task("alice", "t1", TASK, ttl_s=60, limit=10)
+
+
+async def test_save_task_replaces_only_the_revision_it_read(store: SessionStore) -> None:
+    await store.create_task("alice", "t1", TASK, ttl_s=60, limit=10)
+    held = await store.load_task("alice", "t1")
+    assert held is not None and held.rev == 1
+    rev = await store.save_task("alice", "t1", {**TASK, "status": "completed"}, held.rev)
+    assert rev is not None and rev > held.rev
+    # A writer that read revision 1 does not overwrite what another wrote meanwhile.
+    assert await store.save_task("alice", "t1", {**TASK, "status": "cancelled"}, held.rev) is None
+    again = await store.load_task("alice", "t1")
+    assert again is not None and again.rev == rev and again.data["status"] == "completed"
+    assert await store.save_task("mallory", "t1", TASK, rev) is None  # not theirs
+    assert await store.save_task("alice", "nope", TASK, 1) is None  # not there
+
+
+async def test_tasks_list_oldest_first_and_delete_is_idempotent(store: SessionStore) -> None:
+    for n in range(3):
+        await store.create_task("alice", f"t{n}", {**TASK, "task_id": f"t{n}"}, 60, limit=10)
+    await store.create_task("bob", "b0", TASK, ttl_s=60, limit=10)
+    listed = await store.list_tasks("alice")
+    assert [t.data["task_id"] for t in listed] == ["t0", "t1", "t2"]
+    await store.delete_task("alice", "t1")
+    await store.delete_task("alice", "t1")
+    await store.delete_task("bob", "t0")  # another principal cannot delete alice's task
+    assert [t.data["task_id"] for t in await store.list_tasks("alice")] == ["t0", "t2"]
+    assert await store.load_task("alice", "t1") is None
+    assert len(await store.list_tasks("bob")) == 1
+
+
+async def test_each_principal_holds_at_most_limit_tasks_until_some_expire(
+    store: SessionStore,
+) -> None:
+    await store.create_task("alice", "short", TASK, ttl_s=0.05, limit=2)
+    await store.create_task("alice", "long", TASK, ttl_s=60, limit=2)
+    with pytest.raises(TaskLimitReached, match="holds 2 tasks"):
+        await store.create_task("alice", "third", TASK, ttl_s=60, limit=2)
+    await store.create_task("bob", "b", TASK, ttl_s=60, limit=2)  # bob has his own bound
+    await trio.sleep(0.1)
+    assert await store.load_task("alice", "short") is None  # expired, whatever its status
+    assert await store.save_task("alice", "short", TASK, 1) is None
+    assert [t.data for t in await store.list_tasks("alice")] == [TASK]
+    await store.create_task("alice", "third", TASK, ttl_s=60, limit=2)  # room again
+
+
+async def test_a_saved_task_keeps_the_expiry_it_was_created_with(store: SessionStore) -> None:
+    await store.create_task("alice", "t", TASK, ttl_s=0.5, limit=10)
+    await trio.sleep(0.1)
+    held = await store.load_task("alice", "t")
+    assert held is not None
+    assert await store.save_task("alice", "t", {**TASK, "status": "completed"}, held.rev)
+    await trio.sleep(0.5)
+    assert await store.load_task("alice", "t") is None
