@@ -205,6 +205,26 @@ class Config:
         "DATAPULSE_METRICS_PORT",
         "serve /metrics without auth on this loopback port (0: off; /metrics then needs the token)",
     )
+    # Scale-out: the shared session store
+    redis_url: str = _setting(
+        "",
+        "--redis-url",
+        "DATAPULSE_REDIS_URL",
+        "share sessions through Redis: redis://[user:password@]host[:port][/db] or rediss://"
+        " (TLS, ?ssl_ca_certs=FILE); empty: in memory, this process only",
+    )
+    redis_prefix: str = _setting(
+        "datapulse",
+        "--redis-prefix",
+        "DATAPULSE_REDIS_PREFIX",
+        "prefix of every Redis key (deployments sharing one Redis use different ones)",
+    )
+    redis_timeout_s: float = _setting(
+        2.0,
+        "--redis-timeout",
+        "DATAPULSE_REDIS_TIMEOUT",
+        "seconds one store call may wait for Redis, reconnects and retries included",
+    )
     # Asking the client mid-call (elicitation, sampling, roots)
     input_timeout_s: float = _setting(
         300.0,
@@ -253,6 +273,7 @@ class Config:
             "call_timeout_s",
             "input_timeout_s",
             "task_ttl_s",
+            "redis_timeout_s",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -270,9 +291,12 @@ class Config:
             "max_sessions_per_principal",
             "max_json_depth",
             "max_batch_items",
+            "max_tasks_per_principal",
         ]:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.task_ttl_s > 86_400:
+            raise ValueError("task_ttl_s must be at most 86400 (24 h)")
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be 0..65535")
@@ -280,6 +304,8 @@ class Config:
             raise ValueError("shutdown_grace_s, retry_ms and jwt_leeway_s must be >= 0")
         if self.ticket_resume_window_s < 0:
             raise ValueError("ticket_resume_window_s must be >= 0")
+        if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss"):
+            raise ValueError("redis_url must be redis://... or rediss://...")
         if self.log_format not in ("auto", "json", "text"):
             raise ValueError("log_format must be json, text or auto")
         if self.proxy_headers not in ("x-forwarded", "forwarded"):

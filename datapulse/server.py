@@ -26,6 +26,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import trio
 
@@ -145,12 +146,24 @@ class Server:
             verifier = BearerVerifier(self.token)
         self.verifier: Verifier = verifier or StartingVerifier()
         store = self._given_store
+        # A store of our own making is opened and closed by serve(); one given is the caller's.
+        self._owns_store = store is None and bool(self.config.redis_url)
         # `is not None`, not `or`: a store may define __len__, and an empty one is falsy.
-        self.store = (
-            store
-            if store is not None
-            else MemorySessionStore(self.config.replay_events, self.config.replay_bytes)
-        )
+        if store is not None:
+            self.store = store
+        elif self.config.redis_url:
+            from datapulse.store.redis import RedisSessionStore  # coredis, only when asked for
+
+            add_secret(urlsplit(self.config.redis_url).password)
+            self.store = RedisSessionStore(
+                self.config.redis_url,
+                max_events=self.config.replay_events,
+                max_bytes=self.config.replay_bytes,
+                prefix=self.config.redis_prefix,
+                timeout_s=self.config.redis_timeout_s,
+            )
+        else:
+            self.store = MemorySessionStore(self.config.replay_events, self.config.replay_bytes)
         # One set of metrics per Server (its own registry), handed down to every part that counts.
         self.metrics = Metrics()
         self.sessions = SessionManager(self.config, self.store, self.metrics)
@@ -431,7 +444,9 @@ class Server:
     ) -> None:
         self._serving = True
         await self.open_verifier()
-        async with trio.open_nursery() as nursery:
+        store_open: Any = self.store if self._owns_store else contextlib.nullcontext()
+        # The store outlives every task that uses it (coredis keeps its pool in this task).
+        async with store_open, trio.open_nursery() as nursery:
             await nursery.start(self.sessions.run)
             await nursery.start(self.notices.run)
             await nursery.start(self.tasks.run)

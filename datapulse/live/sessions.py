@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,8 +60,13 @@ class SessionManager:
         self._task_done: dict[str, trio.Event] = {}
         self._cap_warned: dict[str, float] = {}
         self.on_close: list[Callable[[LiveSession, str], None]] = []
+        # A shared store (one with watch(): several instances) keeps wall-clock times, the one
+        # clock every instance agrees on; in one process, Trio's clock (tests can jump it).
+        self.shared = getattr(store, "watch", None) is not None
+        self.clock: Callable[[], float] = time.time if self.shared else trio.current_time
         self.pinger = Pinger(config.ping_interval_s, metrics.pings)
         self.streams = SessionStreams(config, store, self.registry, self.pinger, metrics)
+        self.streams.clock = self.clock
         # The stream entry point itself, not a method that awaits it: every idle stream would
         # hold that extra coroutine frame (~250 bytes) for as long as it is open.
         self.stream_session = self.streams.stream_session
@@ -164,7 +170,7 @@ class SessionManager:
         """A new session of ``owner``. ``session_id`` is a client-chosen id: a name in the
         owner's namespace (stored under ``namespaced_key``); without it the server picks one."""
         self.admit(owner)
-        now = trio.current_time()
+        now = self.clock()
         record = SessionRecord(
             id=new_session_id() if session_id is None else namespaced_key(owner, session_id),
             owner=owner,
@@ -195,7 +201,7 @@ class SessionManager:
         live = self.registry.find(session_id, owner)
         if live is None:
             live = await self._adopt(session_id, owner)
-        now = trio.current_time()
+        now = self.clock()
         if live is None or (kind and live.record.kind != kind):
             raise SessionNotFound(f"unknown or expired session: {session_id}")
         if live.record.is_expired(now) and live.stream is None:
@@ -216,9 +222,8 @@ class SessionManager:
                 continue
             if self.registry.get(key) is not None:  # adopted meanwhile by a concurrent request
                 return self.registry.get(key)
-            # Times are this process's clock (trio's); the store's TTL says whether it lives.
-            now = trio.current_time()
-            record.created_at = record.last_active = now
+            if not self.shared:  # a record from before a restart: its times were another clock's
+                record.created_at = record.last_active = self.clock()
             self.registry.reserve(owner)
             live = LiveSession(record)
             self.registry.add(live)
@@ -258,14 +263,22 @@ class SessionManager:
 
     async def sweep(self) -> int:
         """Close expired sessions; a session with an attached stream is alive by definition."""
-        now = trio.current_time()
+        now = self.clock()
         count = 0
         for live in self.registry.sessions():
-            if live.stream is not None:
-                live.record.touch(now)
-            elif live.record.is_expired(now):
-                await self.close(live, "session_expired")
-                count += 1
+            try:
+                if live.stream is not None:
+                    live.record.touch(now)
+                    if self.shared:  # its keys must not expire under a long-idle stream
+                        await self.store.touch(live.key, now)
+                elif live.record.is_expired(now):
+                    await self.close(live, "session_expired")
+                    count += 1
+            except ServiceUnavailable as exc:
+                # The store is down (Redis restarting): try again at the next sweep; its own
+                # TTLs clean up meanwhile. A sweep must never take the server down.
+                log.warning("sweep: %s", exc.detail or exc)
+                break
         return count
 
     # -- tools ---------------------------------------------------------------------------------

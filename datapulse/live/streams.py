@@ -121,6 +121,8 @@ class SessionStreams:
         self.store = store
         self.registry = registry
         self.pinger = pinger
+        self.clock: Callable[[], float] = trio.current_time
+        """Record times (``SessionManager`` gives its own: wall clock on a shared store)."""
         self.draining: str | None = None
         """Set by ``close_all_streams``: the reason streams are told once their calls are done."""
 
@@ -239,7 +241,7 @@ class SessionStreams:
         finally:
             if live.stream is stream:
                 live.stream = None
-                live.record.touch(trio.current_time())
+                live.record.touch(self.clock())
             if logging_on:
                 _log_closed(live, stream, out, started, start)
             if stream.sent_seq > live.record.delivered_seq:

@@ -15,7 +15,19 @@ __all__ = [
     "LogKey",
     "LogRead",
     "MemorySessionStore",
+    "RedisSessionStore",
     "SessionExists",
     "SessionStore",
+    "StoreUnavailable",
     "UnknownLog",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The Redis backend is imported on first use: coredis costs ~0.3 s to import, and only a
+    # server with --redis-url needs it.
+    if name in ("RedisSessionStore", "StoreUnavailable"):
+        from datapulse.store import redis
+
+        return getattr(redis, name)
+    raise AttributeError(name)

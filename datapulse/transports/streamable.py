@@ -191,9 +191,10 @@ class StreamableTransport:
                     replied = await self._handle_request(
                         protocol, message, note, scopes, can_ask=False
                     )
-                    await sessions.save_protocol(live)
                 finally:
                     progress.finish(replied=replied)
+                # After the reply is out: on a network store this write takes a round trip.
+                await sessions.save_protocol(live)
 
             sessions.spawn(live, answer)
             await progress.wait(first_message=False)
@@ -208,12 +209,14 @@ class StreamableTransport:
             replied = False
             try:
                 replied = await self._handle_request(protocol, message, sink, scopes)
-                await sessions.save_protocol(live)
             finally:
+                # Finished before the state is saved: the waiting POST must see a complete
+                # answer as one (JSON), not switch to SSE while a network store writes.
                 progress.finish(replied=replied)
                 if log.finish():  # the log is in the store: close it there, even when cancelled
                     with trio.CancelScope(shield=True), trio.move_on_after(1):
                         await log.close()
+            await sessions.save_protocol(live)
 
         sessions.spawn(live, run)
         with trio.move_on_after(JSON_WAIT_S):

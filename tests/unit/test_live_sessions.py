@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from datapulse import Config
-from datapulse.errors import SessionNotFound
+from datapulse.errors import ServiceUnavailable, SessionNotFound
 from datapulse.live.sessions import SessionManager
 from datapulse.store import MemorySessionStore
 from tests.fakes import FakeBody
@@ -53,3 +53,33 @@ async def test_session_lives_while_streamed_or_active_and_expires_after_its_ttl(
     assert sessions.owned_by("alice") == 0
     with pytest.raises(SessionNotFound):
         await sessions.get("ttl", "alice")
+
+
+class _DownStore(MemorySessionStore):
+    """A store that has gone away (Redis restarting): deleting a record fails with a 503."""
+
+    down = False
+
+    async def delete(self, session_id: str) -> None:
+        if self.down:
+            raise ServiceUnavailable("the session store did not answer within 2s")
+        await super().delete(session_id)
+
+
+async def test_a_sweep_while_the_store_is_down_leaves_the_server_running(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An expired session met while the store is unreachable is tried again at the next sweep;
+    the error must not leave SessionManager.run (which would take the whole server down)."""
+    config = Config(session_ttl_s=TTL_S, sweep_interval_s=SWEEP_S, ping_interval_s=5.0)
+    store = _DownStore(100, 1 << 20)
+    manager = SessionManager(config, store)
+    await nursery.start(manager.run)
+    await manager.create("alice", "events", "gone")
+    store.down = True
+    await trio.sleep(TTL_S * 3)  # the sweep ends it here; deleting its record fails
+    assert manager._nursery is not None  # still running: the error stayed in the sweep
+    assert len(manager) == 0  # ended locally; the store's own TTL removes the record
+    store.down = False
+    live = await manager.create("alice", "events", "next")  # and it serves on
+    assert manager.lookup("next", "alice") is live
