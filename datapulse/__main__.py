@@ -24,6 +24,7 @@ from datapulse.auth.setup import AuthStartupError
 from datapulse.config import Config, config_from_env, default_text, parse_value, settings
 from datapulse.logs import make_handler
 from datapulse.server import Server, ServerInfo
+from datapulse.workers import run_supervisor, worker_socket
 
 log = logging.getLogger("datapulse")
 
@@ -66,6 +67,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
 async def run(config: Config, server: Server | None = None) -> None:
     if server is None:
         server = Server(config, builtin_tools=True)  # the default app: the built-ins
+    server.http.inherited_socket = worker_socket(config)  # under --workers: the shared port
     # Before any nursery, so that a JWT discovery failure reaches main() unwrapped.
     await server.open_verifier()
 
@@ -138,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every line printed, ours and the libraries', without a credential in it.
     redact_handlers(logging.getLogger().handlers)
     install_redactor()
+    if config.workers > 1:
+        return run_supervisor(config, list(sys.argv[1:] if argv is None else argv))
     server = None
     if config.app:
         try:

@@ -225,6 +225,12 @@ class Config:
         "DATAPULSE_REDIS_TIMEOUT",
         "seconds one store call may wait for Redis, reconnects and retries included",
     )
+    workers: int = _setting(
+        1,
+        "--workers",
+        "DATAPULSE_WORKERS",
+        "server processes sharing the port (needs --redis-url: they share sessions through it)",
+    )
     # Asking the client mid-call (elicitation, sampling, roots)
     input_timeout_s: float = _setting(
         300.0,
@@ -292,9 +298,15 @@ class Config:
             "max_json_depth",
             "max_batch_items",
             "max_tasks_per_principal",
+            "workers",
         ]:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError(
+                "--workers needs --redis-url: each worker is a process of its own, and they"
+                " share sessions only through Redis"
+            )
         if self.task_ttl_s > 86_400:
             raise ValueError("task_ttl_s must be at most 86400 (24 h)")
         for name in ("port", "metrics_port"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -108,6 +109,8 @@ class HTTPServer:
     def __init__(self, app: App, config: Config, metrics: Metrics | None = None) -> None:
         self.app = app
         self.config = config
+        self.inherited_socket: socket.socket | None = None
+        """A listening socket to serve instead of binding one (``datapulse.workers``)."""
         self.metrics = metrics if metrics is not None else Metrics()
         self.trusted = parse_networks(config.trusted_proxies)
         self.connections: set[HTTPConnection] = set()
@@ -206,7 +209,10 @@ class HTTPServer:
     async def serve(
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        if self.inherited_socket is not None:  # a worker: the supervisor's listening socket
+            listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(self.inherited_socket))]
+        else:
+            listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         sockname = listeners[0].socket.getsockname()
         bound = self.bound = BoundAddress(self.config.host, int(sockname[1]))
         async with trio.open_nursery() as handlers:

@@ -19,6 +19,7 @@ without it (the memory store) are always ready. It is given ``STORE_TIMEOUT_S`` 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -97,7 +98,9 @@ class HealthRoutes:
         self._last_reasons: tuple[str, ...] | None = None
 
     async def healthz(self, request: Request) -> Response:
-        return json_response(200, {"status": "ok", "sessions": len(self._sessions)})
+        # pid: which process answered (several serve one port under --workers).
+        body = {"status": "ok", "sessions": len(self._sessions), "pid": os.getpid()}
+        return json_response(200, body)
 
     async def readyz(self, request: Request) -> Response:
         readiness = await self.readiness()

@@ -11,6 +11,8 @@ Every test runs under ``trio.fail_after`` (``bound_tests`` at the end of the mod
 
 from __future__ import annotations
 
+import os
+
 import json
 import logging
 from typing import Any
@@ -69,7 +71,11 @@ async def test_both_answer_without_authorization_and_make_no_session(
             assert _json(ready) == {"status": "ready", "checks": READY_CHECKS}
             assert "retry-after" not in ready.headers
             live = await http.get("/healthz", headers=headers)
-            assert live.status_code == 200 and _json(live) == {"status": "ok", "sessions": 0}
+            assert live.status_code == 200 and _json(live) == {
+                "status": "ok",
+                "sessions": 0,
+                "pid": os.getpid(),
+            }
         await _assert_head(http, "/readyz", 200)
         await _assert_head(http, "/healthz", 200)
         # A probe every few ms for a while: never limited, never a session.
@@ -210,7 +216,11 @@ async def test_readyz_is_503_while_a_stream_drains_and_healthz_stays_200() -> No
             }
             live = await held["live"].finish()
             assert live.status_code == 200  # liveness: the process is still alive
-            assert json.loads(held["live"].client.body) == {"status": "ok", "sessions": 1}
+            assert json.loads(held["live"].client.body) == {
+                "status": "ok",
+                "sessions": 1,
+                "pid": os.getpid(),
+            }
             assert not busy.ended  # still draining while both were answered
 
             probe.gate.set()  # the call ends; its result, then the goodbye, close the stream

@@ -39,6 +39,7 @@ RANKS = {
     "transports": 6,
     "server": 7,
     "app": 7,
+    "workers": 7,
     "__init__": 8,
     "__main__": 8,
 }
