@@ -67,6 +67,7 @@ class SessionManager:
         self.pinger = Pinger(config.ping_interval_s, metrics.pings)
         self.streams = SessionStreams(config, store, self.registry, self.pinger, metrics)
         self.streams.clock = self.clock
+        self.streams.on_ended_elsewhere = lambda live: self._end_locally(live, "session_ended")
         # The stream entry point itself, not a method that awaits it: every idle stream would
         # hold that extra coroutine frame (~250 bytes) for as long as it is open.
         self.stream_session = self.streams.stream_session
@@ -272,6 +273,8 @@ class SessionManager:
                     if self.shared:  # its keys must not expire under a long-idle stream
                         await self.store.touch(live.key, now)
                 elif live.record.is_expired(now):
+                    if self.shared and await self._fresher_elsewhere(live, now):
+                        continue
                     await self.close(live, "session_expired")
                     count += 1
             except ServiceUnavailable as exc:
@@ -280,6 +283,15 @@ class SessionManager:
                 log.warning("sweep: %s", exc.detail or exc)
                 break
         return count
+
+    async def _fresher_elsewhere(self, live: LiveSession, now: float) -> bool:
+        """On a shared store another instance may have kept the session alive (its stream is
+        there): the store's record is the truth; only a session expired there is ended."""
+        record = await self.store.get(live.key)
+        if record is None or record.is_expired(now):
+            return False
+        live.record.last_active = record.last_active
+        return True
 
     # -- tools ---------------------------------------------------------------------------------
 

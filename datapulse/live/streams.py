@@ -122,6 +122,8 @@ class SessionStreams:
         self.registry = registry
         self.pinger = pinger
         self.clock: Callable[[], float] = trio.current_time
+        self.on_ended_elsewhere: Callable[[LiveSession], None] | None = None
+        """Set by ``SessionManager``: end a session here that another instance ended."""
         """Record times (``SessionManager`` gives its own: wall clock on a shared store)."""
         self.draining: str | None = None
         """Set by ``close_all_streams``: the reason streams are told once their calls are done."""
@@ -177,6 +179,10 @@ class SessionStreams:
         async for key, seq in watch():
             live = self.registry.get(key.session_id)
             if live is None:
+                continue
+            if seq == 0:  # the session was ended by another instance (deleted, expired)
+                if self.on_ended_elsewhere is not None:
+                    self.on_ended_elsewhere(live)
                 continue
             reader = live.stream if key.stream == 0 else live.request_streams.get(key.stream)
             if reader is not None and seq > reader.sent_seq:

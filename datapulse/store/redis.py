@@ -683,6 +683,10 @@ class RedisSessionStore:
         base = self._base(session_id)
         await self._eval(self._delete, [base + "rec"], [base])
         await self._call(lambda: self._client.zrem(self._index, [session_id]))
+        # Seq 0 on the change channel: the session ended (no append has seq 0), so the instances
+        # holding it end it too (``live.streams.follow``).
+        ended = f"{self.log_key(LogKey(session_id))} 0"
+        await self._call(lambda: self._client.publish(self.channel, ended))
 
     async def touch(self, session_id: str, now: float) -> None:
         base = self._base(session_id)

@@ -37,6 +37,11 @@ class WatchedStore(MemorySessionStore):
             watcher.send_nowait((key, logged.seq))
         return logged
 
+    async def delete(self, session_id: str) -> None:
+        await super().delete(session_id)
+        for watcher in self._watchers:
+            watcher.send_nowait((LogKey(session_id), 0))  # seq 0: the session ended
+
     async def watch(self) -> AsyncIterator[tuple[LogKey, int]]:
         send, receive = trio.open_memory_channel[tuple[LogKey, int]](10_000)
         self._watchers.append(send)
@@ -45,11 +50,12 @@ class WatchedStore(MemorySessionStore):
                 yield item
 
 
-async def two_servers(nursery: trio.Nursery) -> tuple[str, str]:
+async def two_servers(nursery: trio.Nursery, **settings: Any) -> tuple[str, str]:
     store = WatchedStore()
     urls = []
     for _ in range(2):
-        server = Server(make_config(retry_ms=100), store=store, builtin_tools=True)
+        config = make_config(retry_ms=100, **settings)
+        server = Server(config, store=store, builtin_tools=True)
         info = await nursery.start(server.serve)
         urls.append(info.url)
     return urls[0], urls[1]
@@ -132,6 +138,47 @@ async def test_sse_stream_on_a_messages_posted_to_b(nursery: trio.Nursery) -> No
         await post({"id": 1, "method": "tools/call", "params": {"name": "get_time"}})
         result = orjson.loads((await reader.next_data()).data)
         assert result["id"] == 1 and result["result"]["isError"] is False
+
+
+async def test_a_session_deleted_on_b_ends_its_stream_on_a(nursery: trio.Nursery) -> None:
+    a, b = await two_servers(nursery)
+    async with (
+        httpx.AsyncClient(base_url=a, timeout=5) as on_a,
+        httpx.AsyncClient(base_url=b, timeout=5) as on_b,
+    ):
+        headers = await mcp_init(on_a)
+        get_headers = {**headers, "Accept": "text/event-stream"}
+        async with on_a.stream("GET", "/mcp", headers=get_headers) as stream:
+            assert stream.status_code == 200
+            assert (await on_b.delete("/mcp", headers=headers)).status_code == 200
+            body = b""
+            with trio.fail_after(5):
+                async for chunk in stream.aiter_raw():  # ends: A ended the session too
+                    body += chunk
+            assert b"session_ended" in body
+        gone = await on_a.post(
+            "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 9, "method": "tools/list"}
+        )
+        assert gone.status_code == 404
+
+
+async def test_a_stream_on_a_keeps_the_session_b_adopted_alive(nursery: trio.Nursery) -> None:
+    """B's copy of a session it adopted goes stale while A streams it; B's sweep must take the
+    store's word (A keeps it fresh there) instead of expiring the session under A's stream."""
+    a, b = await two_servers(nursery, session_ttl_s=1.0, sweep_interval_s=0.1)
+    async with (
+        httpx.AsyncClient(base_url=a, headers=AUTH, timeout=5) as on_a,
+        httpx.AsyncClient(base_url=b, headers=AUTH, timeout=5) as on_b,
+        on_a.stream("GET", "/events?session_id=kept") as stream,
+    ):
+        reader = SSEReader(stream)
+        call = {"type": "call_tool", "request_id": "r1", "data": {"name": "get_time"}}
+        assert (await on_b.post("/message?session_id=kept", json=call)).status_code == 202
+        assert orjson.loads((await reader.next_data()).data)["request_id"] == "r1"
+        await trio.sleep(2.5)  # more than the TTL: B's copy has not been touched since
+        call["request_id"] = "r2"
+        assert (await on_b.post("/message?session_id=kept", json=call)).status_code == 202
+        assert orjson.loads((await reader.next_data()).data)["request_id"] == "r2"
 
 
 bound_tests(globals(), 15)

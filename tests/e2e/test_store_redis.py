@@ -606,7 +606,7 @@ async def test_a_server_on_the_redis_store_replays_and_reports_readiness(
 # -- two instances on one Redis: the shared-store tests, on Redis ---------------------------------------
 
 
-async def _two_servers_on_redis(nursery: trio.Nursery) -> tuple[str, str]:
+async def _two_servers_on_redis(nursery: trio.Nursery, **settings: Any) -> tuple[str, str]:
     """Two servers, each with a RedisSessionStore of its own (as two processes would have), on
     one private redis-server and one prefix. Redis outlives both: it stops after they have."""
     prefix = new_prefix()
@@ -614,7 +614,8 @@ async def _two_servers_on_redis(nursery: trio.Nursery) -> tuple[str, str]:
     async def instance(url: str, *, task_status: trio.TaskStatus[str]) -> None:
         async with open_store(url, prefix=prefix, max_events=1000, max_bytes=4 << 20) as store:
             async with trio.open_nursery() as inner:
-                server = Server(make_config(retry_ms=100), store=store, builtin_tools=True)
+                config = make_config(retry_ms=100, **settings)
+                server = Server(config, store=store, builtin_tools=True)
                 info = await inner.start(server.serve)
                 task_status.started(info.url)
 
