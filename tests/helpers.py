@@ -29,7 +29,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import h11
 import httpx
@@ -40,8 +40,10 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from datapulse import Config, Server, ServerInfo
+from datapulse.auth.verifier import Principal
 from datapulse.core import mcp
 from datapulse.core.sse import SSEEvent, SSEParser
+from datapulse.errors import Unauthorized
 from datapulse.tools.registry import ToolContext
 from tests.mcp_tools import Probe, add_test_tools
 
@@ -139,6 +141,40 @@ def client_for(server: Server, *, timeout: float = 10, **kwargs: Any) -> httpx.A
     return httpx.AsyncClient(base_url=server.info.url, timeout=timeout, **kwargs)
 
 
+class ServedApp(Protocol):
+    """A test app (test_asking_wire.py's, test_tasks_wire.py's): its server and where it listens."""
+
+    server: Server
+    url: str
+    port: int
+
+
+App = TypeVar("App", bound=ServedApp)
+
+
+async def serve_app(nursery: trio.Nursery, app: App) -> App:
+    """Serve ``app.server`` in ``nursery``; ``app.url`` and ``app.port`` say where."""
+    info = await nursery.start(app.server.serve)
+    app.url, app.port = info.url, info.port
+    return app
+
+
+@asynccontextmanager
+async def client_of(app: ServedApp, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=app.url, timeout=5, **kwargs) as http:
+        yield http
+
+
+class TwoUsers:
+    """A verifier for two users: bearer ``alice`` and bearer ``bob``, each its own principal."""
+
+    async def verify(self, authorization: str | None) -> Principal:
+        token = (authorization or "").removeprefix("Bearer ")
+        if token in ("alice", "bob"):
+            return Principal(id=token, subject=token)
+        raise Unauthorized("who?")
+
+
 # -- deadlines and waiting -----------------------------------------------------------------------
 
 
@@ -221,9 +257,19 @@ def handshake_headers(session_id: str | None = None, version: str = "2025-11-25"
     return headers
 
 
-async def mcp_session(http: httpx.AsyncClient, version: str = "2025-11-25") -> dict[str, str]:
-    """Initialize a handshake-era /mcp session; returns the headers its requests carry."""
-    params = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t"}}
+async def mcp_session(
+    http: httpx.AsyncClient,
+    version: str = "2025-11-25",
+    *,
+    capabilities: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Initialize a handshake-era /mcp session (its client declaring ``capabilities``, default
+    none); returns the headers its requests carry."""
+    params = {
+        "protocolVersion": version,
+        "capabilities": capabilities or {},
+        "clientInfo": {"name": "t"},
+    }
     response = await http.post("/mcp", headers=handshake_headers(), json=rpc("initialize", params))
     assert response.status_code == 200, response.text
     headers = handshake_headers(response.headers["mcp-session-id"], version)
@@ -267,6 +313,15 @@ class SSEReader:
             event = await self.next(timeout)
             if event.data is not None:
                 return event
+
+
+async def next_message(reader: SSEReader, timeout: float = 5.0) -> dict[str, Any]:
+    """The next JSON-RPC message on an SSE stream (priming events and hints skipped)."""
+    while True:
+        event = await reader.next_data(timeout)
+        if event.data:
+            message: dict[str, Any] = orjson.loads(event.data)
+            return message
 
 
 async def raw_exchange(port: int, payload: bytes, *, read_timeout: float = 5.0) -> bytes:

@@ -38,9 +38,8 @@ import pytest
 import trio
 
 from datapulse import Server, ToolContext
-from datapulse.auth.verifier import Principal, Verifier
+from datapulse.auth.verifier import Verifier
 from datapulse.core import mcp
-from datapulse.errors import Unauthorized
 from tests.helpers import (
     AUTH,
     BOTH,
@@ -48,11 +47,15 @@ from tests.helpers import (
     RawClient,
     RawWebSocket,
     SSEReader,
+    TwoUsers,
     bound_tests,
-    handshake_headers,
+    client_of,
     make_config,
+    mcp_session,
+    next_message,
     note,
     rpc,
+    serve_app,
     wire,
 )
 
@@ -158,21 +161,12 @@ def build_app(*, verifier: Verifier | None = None, **overrides: Any) -> AskingAp
 async def start_app(
     nursery: trio.Nursery, *, verifier: Verifier | None = None, **overrides: Any
 ) -> AskingApp:
-    app = build_app(verifier=verifier, **overrides)
-    info = await nursery.start(app.server.serve)
-    app.url, app.port = info.url, info.port
-    return app
+    return await serve_app(nursery, build_app(verifier=verifier, **overrides))
 
 
 @pytest.fixture
 async def app(nursery: trio.Nursery) -> AskingApp:
     return await start_app(nursery)
-
-
-@asynccontextmanager
-async def client_of(app: AskingApp, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=app.url, timeout=5, **kwargs) as http:
-        yield http
 
 
 def elicitation(message: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -212,22 +206,7 @@ async def open_session(
     http: httpx.AsyncClient, capabilities: dict[str, Any], version: str = HANDSHAKE
 ) -> dict[str, str]:
     """An initialized /mcp session whose client declared ``capabilities``; its headers."""
-    params = {"protocolVersion": version, "capabilities": capabilities, "clientInfo": {"name": "t"}}
-    response = await http.post("/mcp", headers=handshake_headers(), json=rpc("initialize", params))
-    assert response.status_code == 200, response.text
-    headers = handshake_headers(response.headers["mcp-session-id"], version)
-    ack = await http.post("/mcp", headers=headers, json=note("notifications/initialized"))
-    assert ack.status_code == 202
-    return headers
-
-
-async def next_message(reader: SSEReader, timeout: float = 5.0) -> dict[str, Any]:
-    """The next JSON-RPC message on an SSE stream (the priming event and hints skipped)."""
-    while True:
-        event = await reader.next_data(timeout)
-        if event.data:
-            message: dict[str, Any] = orjson.loads(event.data)
-            return message
+    return await mcp_session(http, version, capabilities=capabilities)
 
 
 async def remaining_messages(reader: SSEReader, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -815,14 +794,6 @@ async def test_modern_an_intermediate_state_is_redeemed_once_too(app: AskingApp)
             -32602,
             "requestState was already used or has expired; start the request again",
         )
-
-
-class TwoUsers:
-    async def verify(self, authorization: str | None) -> Principal:
-        token = (authorization or "").removeprefix("Bearer ")
-        if token in ("alice", "bob"):
-            return Principal(id=token, subject=token)
-        raise Unauthorized("who?")
 
 
 async def test_modern_a_state_presented_by_another_principal_is_32602(

@@ -11,10 +11,9 @@ Every test runs under ``trio.fail_after`` (``bound_tests`` at the end of the mod
 
 from __future__ import annotations
 
-import os
-
 import json
 import logging
+import os
 from typing import Any
 
 import h11

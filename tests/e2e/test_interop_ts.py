@@ -20,20 +20,16 @@ and waits for each ``notifications/tools/list_changed``. Its last line holds wha
 Each revision runs once (a module-scoped fixture with its own ``trio.run``: the server runs in
 process, the client is a subprocess on loopback, both under one deadline). The packages (and a
 Node >= 22 for machines without one) come from ``npm ci`` in tests/interop_ts, through
-``tests/node_tools.py`` (``.ci/run`` runs it first; here it is a no-op then). A missing Node or
-npm fails the tests, it does not skip them.
+``tests/node_tools.py`` (``.ci/run`` runs it first; here it is a no-op then); the harness is
+``tests/interop_ts_harness.py``. A missing Node or npm fails the tests, it does not skip them.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import logging
 import math
-import os
-import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -41,12 +37,9 @@ import pytest
 import trio
 
 from datapulse import Server, ToolContext
-from tests import node_tools
-from tests.helpers import TOKEN, make_config
+from tests.helpers import make_config
+from tests.interop_ts_harness import REVISIONS, ScriptRun, run_script
 
-PACKAGE = Path(__file__).resolve().parents[1] / "interop_ts"
-SCRIPT = PACKAGE / "client.mjs"
-REVISIONS = ["2025-11-25", "2026-07-28"]
 RUN_TIMEOUT_S = 20  # the whole exchange (well under a second when all is well)
 STEP_TIMEOUT_MS = 3000  # one request, or one wait for a notification, in the script
 
@@ -145,36 +138,13 @@ async def whisper(text: str) -> str:
 # -- running the script ------------------------------------------------------------------------
 
 
-def _node() -> str:
-    """Node >= 22: the system's if new enough, else the node-linux-<arch> this package pins.
-    (The SDK itself says ``"engines": {"node": ">=20"}``, and passes these tests on 20 too.)"""
-    node = node_tools.find_node(PACKAGE)
-    assert node is not None, f"no Node.js >= {node_tools.MIN_NODE_MAJOR}: npm ci in {PACKAGE}?"
-    return str(node)
-
-
-@dataclass
-class Run:
-    revision: str
-    result: dict[str, Any]
-    ready: list[dict[str, Any]]  # the script's ready lines, in order
-    actions: list[str]  # what the host did in answer
-    stderr: str
-    returncode: int | None
+@dataclass(repr=False)
+class Run(ScriptRun):
     app: App
-    server_errors: list[str]  # datapulse's log records at ERROR and above, with tracebacks
-    stray: list[str] = field(default_factory=list)  # stdout lines that were not JSON
+    actions: list[str] = field(default_factory=list)  # what the host did in answer
 
     def __repr__(self) -> str:
         return f"Run({self.revision!r}, exit {self.returncode}, actions {self.actions})"
-
-    def step(self, name: str) -> Any:
-        """A step's value; fails with the step's error and the script's stderr if it threw."""
-        assert name in self.result, f"{self.revision}: no step {name!r} ({self.stderr[-2000:]})"
-        value = self.result[name]
-        if isinstance(value, dict) and set(value) == {"error"}:
-            pytest.fail(f"{self.revision}: {name} failed: {value['error']}\n{self.stderr[-2000:]}")
-        return value
 
     def error(self, name: str) -> dict[str, Any]:
         """A step's error; fails if the step did not throw."""
@@ -184,81 +154,8 @@ class Run:
         return error
 
 
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(logging.Formatter().format(record))
-
-
-async def _run(revision: str) -> Run:
-    errors = _Errors()
-    logging.getLogger("datapulse").addHandler(errors)
-    try:
-        return await _exchange(revision, errors)
-    finally:
-        logging.getLogger("datapulse").removeHandler(errors)
-
-
-async def _exchange(revision: str, errors: _Errors) -> Run:
-    app = build_app()
-    run = Run(revision, {}, [], [], "", None, app, errors.records)
-    stderr = bytearray()
-    with trio.move_on_after(RUN_TIMEOUT_S) as deadline:
-        async with trio.open_nursery() as nursery:
-            info = await nursery.start(app.server.serve)
-            env = {**os.environ, "INTEROP_TIMEOUT_MS": str(STEP_TIMEOUT_MS)}
-            env.pop("NODE_OPTIONS", None)
-            proc = await trio.lowlevel.open_process(
-                [_node(), str(SCRIPT), f"{info.url}/mcp", TOKEN, revision],
-                cwd=PACKAGE,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            try:
-
-                async def drain_stderr() -> None:
-                    assert proc.stderr is not None
-                    async for chunk in proc.stderr:
-                        stderr.extend(chunk)
-
-                nursery.start_soon(drain_stderr)
-                await _converse(app, proc, run)
-                run.returncode = await proc.wait()
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    with trio.CancelScope(shield=True):
-                        await proc.wait()
-            nursery.cancel_scope.cancel()
-    run.stderr = stderr.decode(errors="replace")
-    if deadline.cancelled_caught:
-        run.stderr += f"\n(the exchange was stopped after {RUN_TIMEOUT_S} s)"
-    return run
-
-
-async def _converse(app: App, proc: trio.Process, run: Run) -> None:
-    """Read the script's JSON lines; do what each ready line asks; keep the result line."""
-    assert proc.stdout is not None
-    buffered = b""
-    async for chunk in proc.stdout:
-        buffered += chunk
-        *lines, buffered = buffered.split(b"\n")
-        for line in lines:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                run.stray.append(line.decode(errors="replace"))
-                continue
-            if message.get("event") == "result":
-                run.result = message
-            elif message.get("event") == "ready":
-                run.ready.append(message)
-                run.actions.append(await _answer(app, message))
+async def _on_ready(run: Run, proc: trio.Process, ready: dict[str, Any]) -> None:
+    run.actions.append(await _answer(run.app, ready))
 
 
 async def _answer(app: App, ready: dict[str, Any]) -> str:
@@ -275,13 +172,14 @@ async def _answer(app: App, ready: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="module", params=REVISIONS)
 def run(request: pytest.FixtureRequest) -> Run:
-    node_tools.ensure_node_modules(PACKAGE)  # .ci/run did it: a no-op then
-    done = trio.run(_run, request.param)
-    assert done.result, (
-        f"no result line from the script (exit {done.returncode}, ready lines {done.ready},"
-        f" other output {done.stray}):\n{done.stderr}"
+    revision = request.param
+    return run_script(
+        lambda: Run(revision, build_app()),
+        "client.mjs",
+        run_timeout_s=RUN_TIMEOUT_S,
+        step_timeout_ms=STEP_TIMEOUT_MS,
+        on_ready=_on_ready,
     )
-    return done
 
 
 # -- connection -----------------------------------------------------------------------------------

@@ -14,23 +14,17 @@ registers a handler for each (``setRequestHandler('elicitation/create' | 'sampli
 
 Its one result line holds what every step saw; each test asserts on one part. Each revision runs
 once (a module-scoped fixture with its own ``trio.run``: the server in process, Node a subprocess
-on loopback, both under one deadline). A missing Node or npm fails the tests, it does not skip.
+on loopback, both under one deadline: tests/interop_ts_harness.py). A missing Node or npm fails
+the tests, it does not skip.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import subprocess
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import trio
 
-from tests import node_tools
 from tests.e2e.test_asking_wire import (
     AGE,
     CONFIRM,
@@ -39,124 +33,26 @@ from tests.e2e.test_asking_wire import (
     AskingApp,
     build_app,
 )
-from tests.helpers import TOKEN
+from tests.interop_ts_harness import REVISIONS, ScriptRun, run_script
 
-PACKAGE = Path(__file__).resolve().parents[1] / "interop_ts"
-SCRIPT = PACKAGE / "asking.mjs"
-REVISIONS = ["2025-11-25", "2026-07-28"]
 RUN_TIMEOUT_S = 20  # the whole exchange (about a second when all is well)
 STEP_TIMEOUT_MS = 3000  # one call in the script, all its rounds included
 
 
-@dataclass
-class Run:
-    revision: str
+@dataclass(repr=False)
+class Run(ScriptRun):
     app: AskingApp
-    result: dict[str, Any] = field(default_factory=dict)
-    stderr: str = ""
-    returncode: int | None = None
-    server_errors: list[str] = field(default_factory=list)
-    stray: list[str] = field(default_factory=list)
-
-    @property
-    def modern(self) -> bool:
-        return self.revision == "2026-07-28"
-
-    def __repr__(self) -> str:
-        return f"Run({self.revision!r}, exit {self.returncode})"
-
-    def step(self, name: str) -> Any:
-        assert name in self.result, f"{self.revision}: no step {name!r} ({self.stderr[-2000:]})"
-        value = self.result[name]
-        if isinstance(value, dict) and set(value) == {"error"}:
-            pytest.fail(f"{self.revision}: {name} failed: {value['error']}\n{self.stderr[-2000:]}")
-        return value
-
-    def error(self, name: str) -> dict[str, Any]:
-        value = self.result[name]
-        assert isinstance(value, dict) and set(value) == {"error"}, f"{name} did not throw: {value}"
-        error: dict[str, Any] = value["error"]
-        return error
-
-
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(logging.Formatter().format(record))
-
-
-def _node() -> str:
-    node = node_tools.find_node(PACKAGE)
-    assert node is not None, f"no Node.js >= {node_tools.MIN_NODE_MAJOR}: npm ci in {PACKAGE}?"
-    return str(node)
-
-
-async def _exchange(run: Run) -> None:
-    stdout, stderr = bytearray(), bytearray()
-    with trio.move_on_after(RUN_TIMEOUT_S) as deadline:
-        async with trio.open_nursery() as nursery:
-            info = await nursery.start(run.app.server.serve)
-            env = {**os.environ, "INTEROP_TIMEOUT_MS": str(STEP_TIMEOUT_MS)}
-            env.pop("NODE_OPTIONS", None)
-            proc = await trio.lowlevel.open_process(
-                [_node(), str(SCRIPT), f"{info.url}/mcp", TOKEN, run.revision],
-                cwd=PACKAGE,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            try:
-
-                async def drain(source: Any, into: bytearray) -> None:
-                    async for chunk in source:
-                        into.extend(chunk)
-
-                nursery.start_soon(drain, proc.stderr, stderr)
-                await drain(proc.stdout, stdout)
-                run.returncode = await proc.wait()
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    with trio.CancelScope(shield=True):
-                        await proc.wait()
-            nursery.cancel_scope.cancel()
-    run.stderr = stderr.decode(errors="replace")
-    if deadline.cancelled_caught:
-        run.stderr += f"\n(the exchange was stopped after {RUN_TIMEOUT_S} s)"
-    for line in stdout.decode(errors="replace").splitlines():
-        try:
-            message = json.loads(line)
-        except ValueError:
-            run.stray.append(line)
-            continue
-        if message.get("event") == "result":
-            run.result = message
-
-
-async def _run(revision: str) -> Run:
-    errors = _Errors()
-    logging.getLogger("datapulse").addHandler(errors)
-    run = Run(revision, build_app(), server_errors=errors.records)
-    try:
-        await _exchange(run)
-    finally:
-        logging.getLogger("datapulse").removeHandler(errors)
-    return run
 
 
 @pytest.fixture(scope="module", params=REVISIONS)
 def run(request: pytest.FixtureRequest) -> Run:
-    node_tools.ensure_node_modules(PACKAGE)  # .ci/run did it: a no-op then
-    done = trio.run(_run, request.param)
-    assert done.result, (
-        f"no result line from the script (exit {done.returncode}, other output {done.stray}):"
-        f"\n{done.stderr}"
+    revision = request.param
+    return run_script(
+        lambda: Run(revision, build_app()),
+        "asking.mjs",
+        run_timeout_s=RUN_TIMEOUT_S,
+        step_timeout_ms=STEP_TIMEOUT_MS,
     )
-    return done
 
 
 def text_of(result: dict[str, Any]) -> str:

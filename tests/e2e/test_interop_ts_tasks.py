@@ -22,24 +22,18 @@ from ``params.taskId``). Once per revision:
   extension): the tool runs inline, a ``required`` one is -32601 / -32021.
 
 Each revision runs once (a module-scoped fixture with its own ``trio.run``: the server in
-process, Node a subprocess on loopback, both under one deadline). A missing Node or npm fails the
-tests, it does not skip.
+process, Node a subprocess on loopback, both under one deadline: tests/interop_ts_harness.py). A
+missing Node or npm fails the tests, it does not skip.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from tests import node_tools
 from tests.e2e.test_tasks_wire import (
     CANCELLED_MESSAGE,
     DEFAULT_TTL_MS,
@@ -53,25 +47,16 @@ from tests.e2e.test_tasks_wire import (
     reindexed,
     tool_error,
 )
-from tests.helpers import TOKEN, wait_for
+from tests.helpers import wait_for
+from tests.interop_ts_harness import REVISIONS, ScriptRun, run_script
 
-PACKAGE = Path(__file__).resolve().parents[1] / "interop_ts"
-SCRIPT = PACKAGE / "tasks.mjs"
-REVISIONS = ["2025-11-25", "2026-07-28"]
 RUN_TIMEOUT_S = 25  # the whole exchange (a few seconds when all is well)
 STEP_TIMEOUT_MS = 5000  # one request, or one wait, in the script
 
 
-@dataclass
-class Run:
-    revision: str
+@dataclass(repr=False)
+class Run(ScriptRun):
     app: TasksApp
-    result: dict[str, Any] = field(default_factory=dict)
-    ready: list[dict[str, Any]] = field(default_factory=list)
-    stderr: str = ""
-    returncode: int | None = None
-    server_errors: list[str] = field(default_factory=list)
-    stray: list[str] = field(default_factory=list)
     steps_at_cancel: int = 0
     """How many steps the long tool had finished when the host said go."""
     ended_at_exit: dict[str, str] = field(default_factory=dict)
@@ -79,127 +64,37 @@ class Run:
     """``app.ended`` and ``app.steps`` when the script exited, before the server stops (which
     would cancel whatever still runs, and so look like a cancellation)."""
 
-    @property
-    def modern(self) -> bool:
-        return self.revision == "2026-07-28"
-
-    def __repr__(self) -> str:
-        return f"Run({self.revision!r}, exit {self.returncode})"
-
-    def step(self, name: str) -> Any:
-        assert name in self.result, f"{self.revision}: no step {name!r} ({self.stderr[-2000:]})"
-        value = self.result[name]
-        if isinstance(value, dict) and set(value) == {"error"}:
-            pytest.fail(f"{self.revision}: {name} failed: {value['error']}\n{self.stderr[-2000:]}")
-        return value
-
-    def error(self, name: str) -> dict[str, Any]:
-        value = self.result[name]
-        assert isinstance(value, dict) and set(value) == {"error"}, f"{name} did not throw: {value}"
-        error: dict[str, Any] = value["error"]
-        return error
-
     def task_id(self, name: str) -> str:
         task_id: str = self.step(name)["task"]["taskId"]
         return task_id
 
 
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(logging.Formatter().format(record))
-
-
-def _node() -> str:
-    node = node_tools.find_node(PACKAGE)
-    assert node is not None, f"no Node.js >= {node_tools.MIN_NODE_MAJOR}: npm ci in {PACKAGE}?"
-    return str(node)
+async def _on_ready(run: Run, proc: trio.Process, ready: dict[str, Any]) -> None:
+    """Answer a ready line once its tool runs."""
+    assert proc.stdin is not None
+    corpus = ready["corpus"]
+    await wait_for(lambda: run.app.steps[corpus] >= 2, 5, f"{corpus} to run")
+    run.steps_at_cancel = run.app.steps[corpus]
+    await proc.stdin.send_all(b"go\n")
 
 
-async def _converse(run: Run, proc: trio.Process) -> None:
-    """Read the script's JSON lines; answer each ready line once its tool runs; keep the result."""
-    assert proc.stdout is not None and proc.stdin is not None
-    buffered = b""
-    async for chunk in proc.stdout:
-        buffered += chunk
-        *lines, buffered = buffered.split(b"\n")
-        for line in lines:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                run.stray.append(line.decode(errors="replace"))
-                continue
-            if message.get("event") == "result":
-                run.result = message
-            elif message.get("event") == "ready":
-                run.ready.append(message)
-                corpus = message["corpus"]
-                await wait_for(lambda: run.app.steps[corpus] >= 2, 5, f"{corpus} to run")
-                run.steps_at_cancel = run.app.steps[corpus]
-                await proc.stdin.send_all(b"go\n")
-
-
-async def _exchange(run: Run) -> None:
-    stderr = bytearray()
-    with trio.move_on_after(RUN_TIMEOUT_S) as deadline:
-        async with trio.open_nursery() as nursery:
-            info = await nursery.start(run.app.server.serve)
-            env = {**os.environ, "INTEROP_TIMEOUT_MS": str(STEP_TIMEOUT_MS)}
-            env.pop("NODE_OPTIONS", None)
-            proc = await trio.lowlevel.open_process(
-                [_node(), str(SCRIPT), f"{info.url}/mcp", TOKEN, run.revision],
-                cwd=PACKAGE,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            try:
-
-                async def drain_stderr() -> None:
-                    assert proc.stderr is not None
-                    async for chunk in proc.stderr:
-                        stderr.extend(chunk)
-
-                nursery.start_soon(drain_stderr)
-                await _converse(run, proc)
-                run.returncode = await proc.wait()
-                run.ended_at_exit = dict(run.app.ended)
-                run.steps_at_exit = dict(run.app.steps)
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    with trio.CancelScope(shield=True):
-                        await proc.wait()
-            nursery.cancel_scope.cancel()
-    run.stderr = stderr.decode(errors="replace")
-    if deadline.cancelled_caught:
-        run.stderr += f"\n(the exchange was stopped after {RUN_TIMEOUT_S} s)"
-
-
-async def _run(revision: str) -> Run:
-    errors = _Errors()
-    logging.getLogger("datapulse").addHandler(errors)
-    run = Run(revision, build_app(), server_errors=errors.records)
-    try:
-        await _exchange(run)
-    finally:
-        logging.getLogger("datapulse").removeHandler(errors)
-    return run
+def _on_exit(run: Run) -> None:
+    run.ended_at_exit = dict(run.app.ended)
+    run.steps_at_exit = dict(run.app.steps)
 
 
 @pytest.fixture(scope="module", params=REVISIONS)
 def run(request: pytest.FixtureRequest) -> Run:
-    node_tools.ensure_node_modules(PACKAGE)  # .ci/run did it: a no-op then
-    done = trio.run(_run, request.param)
-    assert done.result, (
-        f"no result line from the script (exit {done.returncode}, ready lines {done.ready},"
-        f" other output {done.stray}):\n{done.stderr}"
+    revision = request.param
+    return run_script(
+        lambda: Run(revision, build_app()),
+        "tasks.mjs",
+        run_timeout_s=RUN_TIMEOUT_S,
+        step_timeout_ms=STEP_TIMEOUT_MS,
+        on_ready=_on_ready,
+        stdin=True,
+        on_exit=_on_exit,
     )
-    return done
 
 
 def check_created(run: Run, name: str) -> dict[str, Any]:

@@ -47,10 +47,23 @@ import pytest
 import trio
 
 from datapulse import Server, ToolContext
-from datapulse.auth.verifier import Principal, Verifier
-from datapulse.errors import ToolError, Unauthorized
+from datapulse.auth.verifier import Verifier
+from datapulse.errors import ToolError
 from datapulse.version import __version__
-from tests.helpers import BOTH, TOKEN, SSEReader, bound_tests, make_config, note, rpc, wait_for
+from tests.helpers import (
+    BOTH,
+    TOKEN,
+    SSEReader,
+    TwoUsers,
+    bound_tests,
+    client_of,
+    make_config,
+    next_message,
+    note,
+    rpc,
+    serve_app,
+    wait_for,
+)
 
 TEST_TIMEOUT_S = 10
 HANDSHAKE = "2025-11-25"
@@ -135,29 +148,12 @@ def build_app(*, verifier: Verifier | None = None, **overrides: Any) -> TasksApp
 async def start_app(
     nursery: trio.Nursery, *, verifier: Verifier | None = None, **overrides: Any
 ) -> TasksApp:
-    app = build_app(verifier=verifier, **overrides)
-    info = await nursery.start(app.server.serve)
-    app.url, app.port = info.url, info.port
-    return app
+    return await serve_app(nursery, build_app(verifier=verifier, **overrides))
 
 
 @pytest.fixture
 async def app(nursery: trio.Nursery) -> TasksApp:
     return await start_app(nursery)
-
-
-class TwoUsers:
-    async def verify(self, authorization: str | None) -> Principal:
-        token = (authorization or "").removeprefix("Bearer ")
-        if token in ("alice", "bob"):
-            return Principal(id=token, subject=token)
-        raise Unauthorized("who?")
-
-
-@asynccontextmanager
-async def client_of(app: TasksApp) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=app.url, timeout=5) as http:
-        yield http
 
 
 # -- checks ---------------------------------------------------------------------------------------
@@ -314,15 +310,6 @@ async def open_legacy(
     assert ack.status_code == 202
     result: dict[str, Any] = response.json()["result"]
     return Legacy(http, headers), result
-
-
-async def next_message(reader: SSEReader, timeout: float = 5.0) -> dict[str, Any]:
-    """The next JSON-RPC message on an SSE stream (priming events and hints skipped)."""
-    while True:
-        event = await reader.next_data(timeout)
-        if event.data:
-            message: dict[str, Any] = orjson.loads(event.data)
-            return message
 
 
 @asynccontextmanager

@@ -14,55 +14,13 @@
 // that threw is recorded as {"error": {...}}), what each handler was given, and the tools/call
 // bodies the SDK POSTed (to show the rounds on the wire). INTEROP_TIMEOUT_MS bounds each call.
 
-import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
-
-const [url, token, revision = '2025-11-25'] = process.argv.slice(2);
-if (!url || !token || !['2025-11-25', '2026-07-28'].includes(revision)) {
-    process.stderr.write('usage: node asking.mjs URL TOKEN [2025-11-25|2026-07-28]\n');
-    process.exit(2);
-}
-const MODERN = revision === '2026-07-28';
-const TIMEOUT_MS = Number(process.env.INTEROP_TIMEOUT_MS ?? 5000);
-const emit = (line) => process.stdout.write(JSON.stringify(line) + '\n');
-for (const level of ['log', 'info', 'warn', 'debug']) console[level] = (...args) => console.error(...args);
-
-function describe(error) {
-    if (!(error instanceof Error)) return { message: String(error) };
-    const out = { name: error.constructor?.name ?? error.name, message: error.message };
-    if (error.code !== undefined) out.code = error.code;
-    if (error.data !== undefined) out.data = error.data;
-    return out;
-}
-
-async function within(promise, what) {
-    let timer;
-    const timeout = new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${TIMEOUT_MS} ms waiting for ${what}`)), TIMEOUT_MS);
-    });
-    try {
-        return await Promise.race([promise, timeout]);
-    } finally {
-        clearTimeout(timer);
-    }
-}
-
-const results = {};
-let current = 'setup'; // the step running, to tell where a client error happened
-async function step(name, fn) {
-    current = name;
-    try {
-        results[name] = await fn();
-    } catch (error) {
-        results[name] = { error: describe(error) };
-    }
-}
+import { Client } from '@modelcontextprotocol/client';
+import { current, describe, emitResult, log, negotiation, opts, results, step, transport, wire, within } from './common.mjs';
 
 // -- the wire: the tools/call bodies the SDK sends --------------------------------------------
 
 const calls = []; // {id, name, arguments, inputResponses?, requestState?, issuedState?}
 // INTEROP_WIRE=1 logs each HTTP request and response (bodies included) to stderr.
-const wire = process.env.INTEROP_WIRE === '1';
-const log = (...parts) => process.stderr.write(parts.join(' ') + '\n');
 let fetches = 0;
 // POSTs whose response headers have not arrived yet. The SDK POSTs its answer to a question of
 // ours without awaiting the 202, and the server may deliver the tool's result first: closing
@@ -133,7 +91,7 @@ const client = new Client(
     { name: 'datapulse-interop-ts-asking', version: '1.0.0' },
     {
         capabilities: { elicitation: { form: {} }, sampling: {}, roots: { listChanged: false } },
-        ...(MODERN && { versionNegotiation: { mode: { pin: '2026-07-28' } } }),
+        ...negotiation,
     },
 );
 const clientErrors = [];
@@ -160,18 +118,12 @@ client.setRequestHandler('roots/list', async () => {
     return { roots: [{ uri: 'file:///ts-project', name: 'ts-project' }] };
 });
 
-const transport = new StreamableHTTPClientTransport(new URL(url), {
-    requestInit: { headers: { Authorization: `Bearer ${token}` } },
-    fetch: recordingFetch,
-});
-const opts = { timeout: TIMEOUT_MS };
-
 await step('connect', async () => {
-    await client.connect(transport, opts);
+    await client.connect(transport(recordingFetch), opts);
     return { protocolVersion: client.getNegotiatedProtocolVersion(), era: client.getProtocolEra() };
 });
 if (results.connect.error) {
-    emit({ event: 'result', revision, ...results, calls, elicited, sampled, rootsAsked, clientErrors });
+    emitResult({ calls, elicited, sampled, rootsAsked, clientErrors });
     process.exit(1);
 }
 
@@ -206,4 +158,4 @@ await step('close', async () => {
     await client.close();
     return true;
 });
-emit({ event: 'result', revision, ...results, sampled, rootsAsked, unusedAnswers: elicitAnswers, clientErrors });
+emitResult({ sampled, rootsAsked, unusedAnswers: elicitAnswers, clientErrors });

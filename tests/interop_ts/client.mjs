@@ -17,45 +17,15 @@
 //       {"error": {...}} and the script goes on, so one broken piece does not hide the others.
 // INTEROP_WIRE=1 logs each HTTP request and response (headers, bodies) to stderr.
 
-import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import { Client } from '@modelcontextprotocol/client';
+import { MODERN, describe, emit, emitResult, log, negotiation, opts, results, step, transport, wire, within } from './common.mjs';
 
-const [url = process.env.DATAPULSE_URL, token = process.env.DATAPULSE_TOKEN, revision = '2025-11-25'] =
-    process.argv.slice(2);
-if (!url || !token || !['2025-11-25', '2026-07-28'].includes(revision)) {
-    process.stderr.write('usage: node client.mjs URL TOKEN [2025-11-25|2026-07-28]\n');
-    process.exit(2);
-}
-const MODERN = revision === '2026-07-28';
-const TIMEOUT_MS = Number(process.env.INTEROP_TIMEOUT_MS ?? 5000);
 const SUBSCRIBED = process.env.INTEROP_RESOURCE ?? 'pulse://clock';
 const REMOVED = process.env.INTEROP_REMOVED_TOOL ?? 'shout';
 const ADDED = process.env.INTEROP_ADDED_TOOL ?? 'whisper';
 
-const emit = (line) => process.stdout.write(JSON.stringify(line) + '\n');
-// The SDK warns through console (e.g. a list call without the capability): keep stdout JSON.
-for (const level of ['log', 'info', 'warn', 'debug']) console[level] = (...args) => console.error(...args);
-
-function describe(error) {
-    if (!(error instanceof Error)) return { message: String(error) };
-    const out = { name: error.constructor?.name ?? error.name, message: error.message };
-    if (error.code !== undefined) out.code = error.code;
-    if (error.data !== undefined) out.data = error.data;
-    return out;
-}
-
-const results = {};
-async function step(name, fn) {
-    try {
-        results[name] = await fn();
-    } catch (error) {
-        results[name] = { error: describe(error) };
-    }
-}
-
 // -- wire log (stderr) ------------------------------------------------------------------------
 
-const wire = process.env.INTEROP_WIRE === '1';
-const log = (...parts) => process.stderr.write(parts.join(' ') + '\n');
 async function loggingFetch(input, init) {
     const headers = Object.fromEntries(new Headers(init?.headers ?? {}).entries());
     log('>>', init?.method ?? 'GET', String(input), JSON.stringify(headers), init?.body ?? '');
@@ -80,17 +50,6 @@ function waiter() {
     let resolve;
     const promise = new Promise((r) => (resolve = r));
     return { promise, resolve };
-}
-async function within(promise, what) {
-    let timer;
-    const timeout = new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${TIMEOUT_MS} ms waiting for ${what}`)), TIMEOUT_MS);
-    });
-    try {
-        return await Promise.race([promise, timeout]);
-    } finally {
-        clearTimeout(timer);
-    }
 }
 
 const updated = [];
@@ -121,7 +80,7 @@ const notifications = [];
 const client = new Client(
     { name: 'datapulse-interop-ts', version: '1.0.0' },
     {
-        ...(MODERN && { versionNegotiation: { mode: { pin: '2026-07-28' } } }),
+        ...negotiation,
         // 2025 era: the SDK's own list_changed path (notification -> refreshed tools/list).
         // 2026-07-28: this would auto-open a listen stream; the script opens its own instead.
         ...(!MODERN && {
@@ -146,7 +105,7 @@ if (MODERN) {
     client.setNotificationHandler('notifications/tools/list_changed', async (n) => {
         notifications.push({ method: n.method, params: n.params ?? null });
         try {
-            const listed = await client.listTools(undefined, { cacheMode: 'refresh', timeout: TIMEOUT_MS });
+            const listed = await client.listTools(undefined, { ...opts, cacheMode: 'refresh' });
             toolListChanged({ tools: listed.tools.map((t) => t.name) });
         } catch (error) {
             toolListChanged({ error: describe(error) });
@@ -154,14 +113,8 @@ if (MODERN) {
     });
 }
 
-const transport = new StreamableHTTPClientTransport(new URL(url), {
-    requestInit: { headers: { Authorization: `Bearer ${token}` } },
-    ...(wire && { fetch: loggingFetch }),
-});
-const opts = { timeout: TIMEOUT_MS };
-
 await step('connect', async () => {
-    await client.connect(transport, opts);
+    await client.connect(transport(wire && loggingFetch), opts);
     return {
         protocolVersion: client.getNegotiatedProtocolVersion(),
         era: client.getProtocolEra(),
@@ -170,7 +123,7 @@ await step('connect', async () => {
     };
 });
 if (results.connect.error) {
-    emit({ event: 'result', revision, ...results, notifications, clientErrors });
+    emitResult({ notifications, clientErrors });
     process.exit(1);
 }
 
@@ -258,4 +211,4 @@ await step('close', async () => {
     await client.close();
     return true;
 });
-emit({ event: 'result', revision, ...results, updated, toolLists, notifications, clientErrors });
+emitResult({ updated, toolLists, notifications, clientErrors });

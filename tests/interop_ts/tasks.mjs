@@ -25,57 +25,23 @@
 // INTEROP_TIMEOUT_MS bounds each request and each wait. INTEROP_WIRE=1 logs HTTP to stderr.
 
 import { createInterface } from 'node:readline';
-import { Client, StreamableHTTPClientTransport, specTypeSchemas } from '@modelcontextprotocol/client';
+import { Client, specTypeSchemas } from '@modelcontextprotocol/client';
+import { MODERN, TIMEOUT_MS, bounded, describe, emit, emitResult, negotiation, opts, results, step, transport, wire } from './common.mjs';
 
-const [url, token, revision = '2025-11-25'] = process.argv.slice(2);
-if (!url || !token || !['2025-11-25', '2026-07-28'].includes(revision)) {
-    process.stderr.write('usage: node tasks.mjs URL TOKEN [2025-11-25|2026-07-28]\n');
-    process.exit(2);
-}
-const MODERN = revision === '2026-07-28';
 const TASKS = 'io.modelcontextprotocol/tasks';
-const TIMEOUT_MS = Number(process.env.INTEROP_TIMEOUT_MS ?? 5000);
 const TERMINAL = ['completed', 'failed', 'cancelled'];
 const LONG = { steps: 2000, step_s: 0.02 };
-const emit = (line) => process.stdout.write(JSON.stringify(line) + '\n');
-for (const level of ['log', 'info', 'warn', 'debug']) console[level] = (...args) => console.error(...args);
-
-function describe(error) {
-    if (!(error instanceof Error)) return { message: String(error) };
-    const out = { name: error.constructor?.name ?? error.name, message: error.message };
-    if (error.code !== undefined) out.code = error.code;
-    if (error.data !== undefined) out.data = error.data;
-    return out;
-}
-
-const results = {};
-async function step(name, fn) {
-    try {
-        results[name] = await fn();
-    } catch (error) {
-        results[name] = { error: describe(error) };
-    }
-}
 
 // The host's go-ahead lines on stdin, one per ready line.
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 async function goAhead(what) {
-    let timer;
-    const timeout = new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no go-ahead for ${what} within ${TIMEOUT_MS} ms`)), TIMEOUT_MS);
-    });
-    try {
-        const next = await Promise.race([lines.next(), timeout]);
-        if (next.done) throw new Error(`stdin closed before the go-ahead for ${what}`);
-        return next.value;
-    } finally {
-        clearTimeout(timer);
-    }
+    const next = await bounded(lines.next(), `no go-ahead for ${what} within ${TIMEOUT_MS} ms`);
+    if (next.done) throw new Error(`stdin closed before the go-ahead for ${what}`);
+    return next.value;
 }
 
 // -- the wire: every POST and its answer, through the transport's fetch -----------------------
 
-const wire = process.env.INTEROP_WIRE === '1';
 const exchanges = []; // {method, headers, body, status, answer} of each JSON POST
 async function recordingFetch(input, init) {
     const response = await fetch(input, init);
@@ -111,18 +77,13 @@ async function connect({ extension = true } = {}) {
         { name: 'datapulse-interop-ts-tasks', version: '1.0.0' },
         {
             capabilities: MODERN && extension ? { extensions: { [TASKS]: {} } } : {},
-            ...(MODERN && { versionNegotiation: { mode: { pin: '2026-07-28' } } }),
+            ...negotiation,
         },
     );
     client.onerror = (error) => clientErrors.push(describe(error));
-    const transport = new StreamableHTTPClientTransport(new URL(url), {
-        requestInit: { headers: { Authorization: `Bearer ${token}` } },
-        fetch: recordingFetch,
-    });
-    await client.connect(transport, { timeout: TIMEOUT_MS });
+    await client.connect(transport(recordingFetch), opts);
     return client;
 }
-const opts = { timeout: TIMEOUT_MS };
 // A result schema that takes the answer as it is (the SDK has none for the extension's shapes).
 const asIs = { '~standard': { version: 1, vendor: 'datapulse-tests', validate: (value) => ({ value }) } };
 const S = specTypeSchemas;
@@ -174,7 +135,7 @@ await step('connect', async () => {
     return { protocolVersion: client.getNegotiatedProtocolVersion(), capabilities: client.getServerCapabilities() };
 });
 if (results.connect.error) {
-    emit({ event: 'result', revision, ...results, exchanges, clientErrors });
+    emitResult({ exchanges, clientErrors });
     process.exit(1);
 }
 await step('tools_list', async () => {
@@ -245,5 +206,5 @@ await step('close', async () => {
 const taskPosts = exchanges
     .filter((e) => e.method?.startsWith('tasks/'))
     .map((e) => ({ method: e.method, mcpName: e.headers['mcp-name'] ?? null, taskId: e.body.params?.taskId ?? null }));
-emit({ event: 'result', revision, ...results, taskPosts, clientErrors });
+emitResult({ taskPosts, clientErrors });
 process.exit(0);
