@@ -159,6 +159,28 @@ class SessionManager:
                 retry_after_s=5,
             )
 
+    async def _admit_shared(self, owner: str, now: float) -> None:
+        """The limits across every instance sharing the store (``admit`` counts this one's):
+        checked before creating, so instances racing for the last slot may overshoot by the
+        number of creates in flight at once; never by more."""
+        cfg = self.config
+        if await self.store.count() >= cfg.max_sessions:
+            self.metrics.rejected("sessions")
+            self._warn_cap("--max-sessions", f"{cfg.max_sessions} sessions on all instances")
+            raise ServiceUnavailable(f"session limit reached ({cfg.max_sessions})", retry_after_s=5)
+        owned = await self.store.count_owned(owner, now)
+        if owned >= cfg.max_sessions_per_principal:
+            self.metrics.rejected("sessions_per_principal")
+            self._warn_cap(
+                "--max-sessions-per-principal",
+                f"principal {owner} holds {owned} sessions on all instances",
+            )
+            raise TooManyRequests(
+                f"session limit per principal reached ({cfg.max_sessions_per_principal});"
+                " close or let expire an older session",
+                retry_after_s=5,
+            )
+
     def _warn_cap(self, setting: str, what: str) -> None:
         """Say once a minute per setting that a cap refuses sessions: an operator whose one-token
         or one-proxy deployment outgrew a default must learn it from the log, not from users."""
@@ -172,6 +194,8 @@ class SessionManager:
         owner's namespace (stored under ``namespaced_key``); without it the server picks one."""
         self.admit(owner)
         now = self.clock()
+        if self.shared:
+            await self._admit_shared(owner, now)
         record = SessionRecord(
             id=new_session_id() if session_id is None else namespaced_key(owner, session_id),
             owner=owner,

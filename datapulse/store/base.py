@@ -92,6 +92,10 @@ class SessionStore(Protocol):
 
     async def count(self) -> int: ...
 
+    async def count_owned(self, owner: str, now: float) -> int:
+        """How many unexpired sessions ``owner`` holds in the store (every instance's): what
+        ``--max-sessions-per-principal`` is checked against when the store is shared."""
+
     async def mark_delivered(self, session_id: str, seq: int) -> None:
         """The session's stream-0 events up to ``seq`` reached a client (never moves back)."""
 

@@ -98,6 +98,9 @@ class MemorySessionStore:
     async def count(self) -> int:
         return len(self._records)
 
+    async def count_owned(self, owner: str, now: float) -> int:
+        return sum(1 for r in self._records.values() if r.owner == owner and not r.is_expired(now))
+
     async def mark_delivered(self, session_id: str, seq: int) -> None:
         record = self._records.get(session_id)
         if record is not None and seq > record.delivered_seq:

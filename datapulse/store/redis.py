@@ -76,6 +76,7 @@ import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from itertools import count as counter
 from typing import Any, Final, NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -167,11 +168,11 @@ return 1
 # KEYS: rec. ARGV: base. Deletes every key of the session.
 _DELETE = _LUA_FORGET + "forget(ARGV[1])\nreturn 1\n"
 
-# KEYS: rec. ARGV: base, now, grace_ms -> {last_active, ttl_s} or nil
+# KEYS: rec. ARGV: base, now, grace_ms -> {last_active, ttl_s, owner} or nil
 _TOUCH = (
     _LUA_INT
     + """
-local f = redis.call('HMGET', KEYS[1], 'last_active', 'ttl_s')
+local f = redis.call('HMGET', KEYS[1], 'last_active', 'ttl_s', 'owner')
 if not f[1] then return false end
 local last = f[1]
 if tonumber(ARGV[2]) > tonumber(last) then
@@ -187,7 +188,7 @@ end
 for _, n in ipairs(redis.call('LRANGE', base .. 'reqs', 0, -1)) do
   redis.call('PEXPIRE', base .. 'log:' .. n, ms)
 end
-return {last, f[2]}
+return {last, f[2], f[3]}
 """
 )
 
@@ -631,6 +632,18 @@ class RedisSessionStore:
         tag, _, stream = stream_key[len(start) :].rpartition("}:log:")
         return Change(LogKey(_untag(tag), int(stream)), int(seq))
 
+    def _owned_key(self, owner: str) -> str:
+        """The zset of ``owner``'s sessions (id -> expiry): what the per-principal cap counts
+        across instances. Its own slot, like the index (a digest: any principal id fits)."""
+        digest = hashlib.blake2b(owner.encode(), digest_size=12).hexdigest()
+        return f"{self.prefix}:{{o.{digest}}}:owned"
+
+    async def count_owned(self, owner: str, now: float) -> int:
+        """How many live (unexpired) sessions ``owner`` holds, on every instance."""
+        key = self._owned_key(owner)
+        await self._call(lambda: self._client.zremrangebyscore(key, -math.inf, now))
+        return await self._call(lambda: self._client.zcard(key))
+
     def _task_base(self, principal: str) -> str:
         digest = hashlib.blake2b(principal.encode(), digest_size=12).hexdigest()
         return f"{self.prefix}:{{t.{digest}}}:"
@@ -661,6 +674,8 @@ class RedisSessionStore:
         if not created:
             raise SessionExists(record.id)
         await self._call(lambda: self._client.zadd(self._index, {record.id: record.expires_at}))
+        owned = self._owned_key(record.owner)
+        await self._call(lambda: self._client.zadd(owned, {record.id: record.expires_at}))
 
     async def get(self, session_id: str) -> SessionRecord | None:
         held = await self._call(lambda: self._client.hgetall(self._base(session_id) + "rec"))
@@ -681,7 +696,11 @@ class RedisSessionStore:
 
     async def delete(self, session_id: str) -> None:
         base = self._base(session_id)
+        owner = await self._call(lambda: self._client.hget(base + "rec", "owner"))
         await self._eval(self._delete, [base + "rec"], [base])
+        if owner is not None:
+            owned = self._owned_key(owner.decode())
+            await self._call(lambda: self._client.zrem(owned, [session_id]))
         await self._call(lambda: self._client.zrem(self._index, [session_id]))
         # Seq 0 on the change channel: the session ended (no append has seq 0), so the instances
         # holding it end it too (``live.streams.follow``).
@@ -694,15 +713,15 @@ class RedisSessionStore:
         held = await self._eval(self._touch, [base + "rec"], [base, repr(now), grace_ms])
         if held is None:
             return
-        last_active, ttl_s = (float(value) for value in held)
+        last_active, ttl_s = float(held[0]), float(held[1])
+        owner = held[2].decode() if isinstance(held[2], bytes) else str(held[2])
         # XX: a session deleted meanwhile is not put back; GT: concurrent touches keep the latest.
-        await self._call(
-            lambda: self._client.zadd(
-                self._index,
-                {session_id: last_active + ttl_s},
-                condition=PureToken.XX,
-                comparison=PureToken.GT,
-            )
+        for index in (self._index, self._owned_key(owner)):
+            await self._call(partial(self._refresh, index, session_id, last_active + ttl_s))
+
+    def _refresh(self, index: str, session_id: str, expires_at: float) -> Awaitable[Any]:
+        return self._client.zadd(
+            index, {session_id: expires_at}, condition=PureToken.XX, comparison=PureToken.GT
         )
 
     async def expired(self, now: float) -> list[str]:

@@ -120,7 +120,10 @@ async def test_every_key_of_a_session_carries_its_id_as_hash_tag(
         tasks = next(k for k in keys if k.endswith(":tasks"))
         task_base = tasks[: -len("tasks")]
         assert task_base.startswith(f"{p}:{{t.") and task_base.endswith("}:")
+        owned = next(k for k in keys if k.endswith(":owned"))  # the owner's sessions, counted
+        assert owned.startswith(f"{p}:{{o.")
         assert keys == {
+            owned,
             f"{p}:{{s1}}:rec",
             f"{p}:{{s1}}:proto",
             f"{p}:{{s1}}:logs",
@@ -652,3 +655,39 @@ for _name, _test in list(vars(shared_store).items()):
         _on_redis_tests[_on_redis.__name__] = _on_redis
 bound_tests(_on_redis_tests, 20)
 globals().update(_on_redis_tests)
+
+
+async def test_the_per_principal_cap_holds_across_two_servers_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    """--max-sessions-per-principal 2 on each of two instances: a principal holds two sessions
+    in all, wherever it opens them; closing one frees its slot everywhere."""
+    prefix = new_prefix()
+    with trio.fail_after(20):
+        async with (
+            open_store(redis_server.url(), prefix=prefix, max_events=100, max_bytes=1 << 20) as s1,
+            open_store(redis_server.url(), prefix=prefix, max_events=100, max_bytes=1 << 20) as s2,
+            trio.open_nursery() as nursery,
+        ):
+            urls = []
+            for store in (s1, s2):
+                server = Server(make_config(max_sessions_per_principal=2), store=store)
+                urls.append((await nursery.start(server.serve)).url)
+            headers = {**AUTH, "Accept": "application/json, text/event-stream"}
+            init = {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {}},
+            }
+            async with httpx.AsyncClient(timeout=5) as http:
+                first = await http.post(urls[0] + "/mcp", headers=headers, json=init)
+                second = await http.post(urls[1] + "/mcp", headers=headers, json=init)
+                assert first.status_code == second.status_code == 200
+                third = await http.post(urls[0] + "/mcp", headers=headers, json=init)
+                assert third.status_code == 429 and third.headers["retry-after"] == "5"
+                gone = {**headers, "Mcp-Session-Id": first.headers["mcp-session-id"]}
+                assert (await http.delete(urls[1] + "/mcp", headers=gone)).status_code == 200
+                again = await http.post(urls[0] + "/mcp", headers=headers, json=init)
+                assert again.status_code == 200
+            nursery.cancel_scope.cancel()
