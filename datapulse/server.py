@@ -365,8 +365,20 @@ class Server:
     async def notify_resource_updated(self, uri: str) -> int:
         """Tell every client subscribed to ``uri`` that it changed (``resources/subscribe`` on
         the handshake transports, ``subscriptions/listen`` on 2026-07-28); callable from any
-        task of the host program. Returns how many subscribers were told."""
+        task of the host program. Returns how many subscribers were told; on a shared store
+        (several instances), how many instances were told (each tells its own subscribers)."""
+        publish = getattr(self.store, "publish_notice", None)
+        if publish is not None and self._serving:
+            told: int = await publish(uri)
+            return told
         return await self.notices.resource_updated(uri)
+
+    async def _relay_notices(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """A shared store's resource updates, from any instance, to this one's subscribers."""
+        stream = self.store.notices()  # type: ignore[attr-defined]
+        task_status.started()
+        async for uri in stream:
+            await self.notices.resource_updated(uri)
 
     def background(self, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
         """Decorator: run ``async def fn()`` for as long as the server serves (started once
@@ -449,6 +461,8 @@ class Server:
         async with store_open, trio.open_nursery() as nursery:
             await nursery.start(self.sessions.run)
             await nursery.start(self.notices.run)
+            if getattr(self.store, "notices", None) is not None:
+                await nursery.start(self._relay_notices)
             await nursery.start(self.tasks.run)
             if self.metrics_http is not None:
                 await nursery.start(self.metrics_http.serve)

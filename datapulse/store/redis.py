@@ -510,6 +510,7 @@ class RedisSessionStore:
         self.timeout_s = timeout_s
         self.ttl_grace_s = ttl_grace_s
         self.channel = f"{prefix}:changes"
+        self.notice_channel = f"{prefix}:notices"
         self._index = f"{prefix}:sessions"
         extra: dict[str, Any] = {}
         if parts.scheme == "rediss":
@@ -854,6 +855,22 @@ class RedisSessionStore:
         async with self.changes() as changes:
             async for change in changes:
                 yield change
+
+    async def publish_notice(self, uri: str) -> int:
+        """Announce ``uri`` updated to every instance (``notices``); how many instances heard."""
+        told: int = await self._call(lambda: self._client.publish(self.notice_channel, uri))
+        return told
+
+    async def notices(self) -> AsyncIterator[str]:
+        """The resource URIs any instance announced (``publish_notice``), as they come; like
+        ``watch``, iterate it in one task (its subscription lives around the ``yield``)."""
+        async with self._client.pubsub(
+            channels=[self.notice_channel], ignore_subscribe_messages=True
+        ) as pubsub:
+            async for message in pubsub:
+                if message["type"] == "message":
+                    data = message["data"]
+                    yield data.decode() if isinstance(data, bytes) else str(data)
 
     # -- round-trip state --------------------------------------------------------------------
 

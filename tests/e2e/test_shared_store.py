@@ -30,6 +30,7 @@ class WatchedStore(MemorySessionStore):
     def __init__(self) -> None:
         super().__init__(1000, 4 * 1024 * 1024)
         self._watchers: list[trio.MemorySendChannel[tuple[LogKey, int]]] = []
+        self._relays: list[trio.MemorySendChannel[str]] = []
 
     async def append(self, key: LogKey, data: str, event: str | None = None) -> LoggedEvent:
         logged = await super().append(key, data, event)
@@ -42,6 +43,18 @@ class WatchedStore(MemorySessionStore):
         for watcher in self._watchers:
             watcher.send_nowait((LogKey(session_id), 0))  # seq 0: the session ended
 
+    async def publish_notice(self, uri: str) -> int:
+        for relay in self._relays:
+            relay.send_nowait(uri)
+        return len(self._relays)
+
+    async def notices(self) -> AsyncIterator[str]:
+        send, receive = trio.open_memory_channel[str](10_000)
+        self._relays.append(send)
+        async with receive:
+            async for uri in receive:
+                yield uri
+
     async def watch(self) -> AsyncIterator[tuple[LogKey, int]]:
         send, receive = trio.open_memory_channel[tuple[LogKey, int]](10_000)
         self._watchers.append(send)
@@ -50,14 +63,19 @@ class WatchedStore(MemorySessionStore):
                 yield item
 
 
+SERVERS: list[Server] = []
+
+
 async def two_servers(nursery: trio.Nursery, **settings: Any) -> tuple[str, str]:
     store = WatchedStore()
     urls = []
+    SERVERS.clear()
     for _ in range(2):
         config = make_config(retry_ms=100, **settings)
         server = Server(config, store=store, builtin_tools=True)
         info = await nursery.start(server.serve)
         urls.append(info.url)
+        SERVERS.append(server)
     return urls[0], urls[1]
 
 
@@ -179,6 +197,29 @@ async def test_a_stream_on_a_keeps_the_session_b_adopted_alive(nursery: trio.Nur
         call["request_id"] = "r2"
         assert (await on_b.post("/message?session_id=kept", json=call)).status_code == 202
         assert orjson.loads((await reader.next_data()).data)["request_id"] == "r2"
+
+
+async def test_a_resource_update_on_b_reaches_a_subscriber_on_a(nursery: trio.Nursery) -> None:
+    """The host program of any instance tells every instance's subscribers."""
+    a, _ = await two_servers(nursery)
+    async with httpx.AsyncClient(base_url=a, timeout=5) as on_a:
+        headers = await mcp_init(on_a)
+        subscribe = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "resources/subscribe",
+            "params": {"uri": "pulse://clock"},
+        }
+        assert (await on_a.post("/mcp", headers=headers, json=subscribe)).json()["result"] == {}
+        get_headers = {**headers, "Accept": "text/event-stream"}
+        async with on_a.stream("GET", "/mcp", headers=get_headers) as stream:
+            reader = SSEReader(stream)
+            assert await SERVERS[1].notify_resource_updated("pulse://clock") == 2  # instances
+            while True:  # the clock's own ticks may come first: any update proves the path
+                message = orjson.loads((await reader.next_data()).data)
+                if message.get("method") == "notifications/resources/updated":
+                    break
+            assert message["params"] == {"uri": "pulse://clock"}
 
 
 bound_tests(globals(), 15)

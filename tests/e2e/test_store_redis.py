@@ -620,6 +620,7 @@ async def _two_servers_on_redis(nursery: trio.Nursery, **settings: Any) -> tuple
                 config = make_config(retry_ms=100, **settings)
                 server = Server(config, store=store, builtin_tools=True)
                 info = await inner.start(server.serve)
+                shared_store.SERVERS.append(server)  # what the shared tests drive
                 task_status.started(info.url)
 
     async def deployment(*, task_status: trio.TaskStatus[tuple[str, str]]) -> None:
@@ -630,6 +631,7 @@ async def _two_servers_on_redis(nursery: trio.Nursery, **settings: Any) -> tuple
                     b = await inner.start(instance, redis.url())
                     task_status.started((a, b))
 
+    shared_store.SERVERS.clear()
     urls: tuple[str, str] = await nursery.start(deployment)
     return urls
 
