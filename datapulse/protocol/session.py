@@ -113,6 +113,9 @@ class Outcome:
 
     responded: bool
     error_code: int | None = None
+    error_headers: tuple[tuple[str, str], ...] = ()
+    """The failed request's error's own HTTP headers (``Retry-After`` of a 429 or 503), for
+    the 2026-07-28 path, whose status follows the error."""
 
 
 class McpSession:
@@ -349,7 +352,9 @@ class McpSession:
         async with call.lock:
             call.closed = True
             await call.sink(reply)
-        return Outcome(responded=True, error_code=None if error is None else error.jsonrpc_code)
+        if error is None:
+            return Outcome(responded=True)
+        return Outcome(True, error.jsonrpc_code, tuple(error.headers))
 
     async def _dispatch(self, call: Call) -> dict[str, Any]:
         method, d = call.request.method, self.dispatcher

@@ -44,6 +44,7 @@ class RequestRun:
         self.reply: bytes | None = None
         self.done = False
         self.error_code: int | None = None
+        self.error_headers: tuple[tuple[str, str], ...] = ()
         self._last: bytes | None = None
         self._changed = trio.Event()
 

@@ -83,6 +83,7 @@ class ModernRequests:
             try:
                 outcome = await protocol.handle(message, sink)
                 progress.error_code = outcome.error_code
+                progress.error_headers = outcome.error_headers
                 replied = outcome.responded
             finally:
                 progress.finish(replied=replied)
@@ -99,6 +100,8 @@ class ModernRequests:
             reply = json_reply(progress)
             if reply.status == 200:
                 reply.status = mcp_http.modern_http_status(progress.error_code)
+                if reply.status != 200:  # e.g. Retry-After with a 429, as every other 429 has
+                    reply.headers.extend(progress.error_headers)
             return reply
         pinger = self.sessions.pinger
         metrics = self.sessions.streams.stream_metrics("mcp_modern")

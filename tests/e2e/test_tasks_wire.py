@@ -1082,11 +1082,13 @@ async def test_modern_the_bound_per_principal_is_429(nursery: trio.Nursery) -> N
     async with client_of(app) as http:
         await modern_start(http, "reindex", {"corpus": "m10"})
         params = {"name": "reindex", "arguments": {"corpus": "m11"}}
-        assert refusal(await modern(http, "tools/call", params), 429) == {
+        refused = await modern(http, "tools/call", params)
+        assert refusal(refused, 429) == {
             "code": -32000,
             "message": "this principal holds 1 tasks, the most it may; wait for one to expire"
             " (each lives for its ttl from creation)",
         }
+        assert refused.headers["retry-after"] == "5"  # as every other 429 of ours says
     assert app.started == ["m10"]
 
 
