@@ -318,6 +318,11 @@ class Config:
             raise ValueError("ticket_resume_window_s must be >= 0")
         if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss"):
             raise ValueError("redis_url must be redis://... or rediss://...")
+        prefix = self.redis_prefix
+        if not (0 < len(prefix) <= 100 and prefix.isprintable() and prefix.isascii()) or any(
+            c in prefix for c in "{} "
+        ):
+            raise ValueError("redis_prefix must be 1-100 visible ASCII characters without braces")
         if self.log_format not in ("auto", "json", "text"):
             raise ValueError("log_format must be json, text or auto")
         if self.proxy_headers not in ("x-forwarded", "forwarded"):

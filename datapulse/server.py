@@ -375,10 +375,14 @@ class Server:
 
     async def _relay_notices(self, *, task_status: trio.TaskStatus[None]) -> None:
         """A shared store's resource updates, from any instance, to this one's subscribers."""
-        stream = self.store.notices()  # type: ignore[attr-defined]
         task_status.started()
-        async for uri in stream:
-            await self.notices.resource_updated(uri)
+        while True:
+            try:
+                async for uri in self.store.notices():  # type: ignore[attr-defined]
+                    await self.notices.resource_updated(uri)
+            except Exception as exc:  # the store is down: subscribe again, never crash
+                log.warning("resource updates from other instances paused: %s", exc)
+                await trio.sleep(1)
 
     def background(self, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
         """Decorator: run ``async def fn()`` for as long as the server serves (started once

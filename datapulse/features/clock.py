@@ -3,6 +3,7 @@ newcomer can watch a live subscription without writing a server (README: "Watch 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from typing import Any
 
 import trio
 
+from datapulse.errors import ServiceUnavailable
 from datapulse.features.resources import ResourceRegistry
 
 CLOCK_URI = "pulse://clock"
@@ -38,4 +40,6 @@ async def tick(notify: Callable[[str], Awaitable[Any]], interval_s: float = TICK
     while True:
         # On the second boundary, so that a read right after the notification shows a new value.
         await trio.sleep(interval_s - (time.time() % interval_s))
-        await notify(CLOCK_URI)
+        # The shared store is down (it says so on /readyz): the next tick tries again.
+        with contextlib.suppress(ServiceUnavailable):
+            await notify(CLOCK_URI)

@@ -105,7 +105,7 @@ class SessionManager:
             nursery.start_soon(self.pinger.run)
             watch = getattr(self.store, "watch", None)
             if watch is not None:  # a shared store: appends by other instances wake our streams
-                nursery.start_soon(self.streams.follow, watch)
+                nursery.start_soon(self._follow, watch)
             task_status.started()
             try:
                 while True:
@@ -115,6 +115,16 @@ class SessionManager:
                 self._nursery = None
                 for live in self.registry.sessions():
                     self._end_locally(live, "shutdown")
+
+    async def _follow(self, watch: Any) -> None:
+        """``streams.follow`` for as long as we run: a store that goes away (Redis restarting)
+        ends the subscription, which is taken again rather than taking the server down."""
+        while True:
+            try:
+                await self.streams.follow(watch)
+            except Exception as exc:
+                log.warning("wake-ups from other instances paused: %s", exc)
+            await trio.sleep(1)
 
     async def _session_task(self, live: LiveSession) -> None:
         """The session's own task, started with its first tool call (most sessions, e.g. a

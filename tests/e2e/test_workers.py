@@ -22,7 +22,7 @@ import trio
 
 from datapulse.__main__ import main
 from tests.helpers import read_stderr_until
-from tests.redis_server import RedisServer, redis_server
+from tests.redis_server import RedisServer, free_port, redis_server
 
 __all__ = ["redis_server"]  # a fixture, used by name
 
@@ -119,3 +119,36 @@ def test_workers_without_redis_are_refused_with_one_line(
     assert main(["--workers", "2", "--port", "0", "--token", "t"]) == 2
     err = capsys.readouterr().err
     assert "--workers needs --redis-url" in err and "Traceback" not in err
+
+
+async def test_a_server_whose_redis_is_down_stays_up_and_not_ready() -> None:
+    """Redis unreachable from the start: the server serves /healthz, answers /readyz 503, and
+    nothing (the clock's ticks, the change and notice subscriptions) takes it down; SIGTERM
+    stops it cleanly. (A Redis that is down is the store's 503, never a crash.)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAPULSE_")}
+    closed = free_port()
+    command = [sys.executable, "-m", "datapulse", "--port", "0", "--token", TOKEN]
+    command += ["--redis-url", f"redis://127.0.0.1:{closed}/0", "--redis-timeout", "0.3"]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(
+                lambda task_status=trio.TASK_STATUS_IGNORED: trio.run_process(
+                    command, stderr=subprocess.PIPE, env=env, check=False, task_status=task_status
+                )
+            )
+            text = (await read_stderr_until(proc, b"listening on")).decode()
+            url = re.findall(r"listening on (http://[^\s\"]+)", text)[0]
+            await trio.sleep(2.5)  # two clock ticks, sweeps and resubscriptions against no Redis
+            async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+                assert (await http.get("/healthz")).status_code == 200
+                ready = await http.get("/readyz")
+                assert ready.status_code == 503 and ready.json()["checks"]["store"] != "ok"
+            assert proc.returncode is None
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+
+
+def test_a_bad_redis_prefix_is_refused_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--redis-prefix", "{x}", "--port", "0", "--token", "t"]) == 2
+    err = capsys.readouterr().err
+    assert "redis_prefix must be" in err and "Traceback" not in err
